@@ -1,0 +1,33 @@
+# The two commands a newcomer needs: `make run` and `make test` (see README.md).
+UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
+VENV := .venv
+PY := $(VENV)/bin/python
+export UV_PYTHON ?= 3.12
+
+.PHONY: run test check venv venv-prod lint format bench clean
+
+$(VENV)/.synced: pyproject.toml uv.lock
+	$(UV) sync --locked
+	@touch $@
+
+venv: $(VENV)/.synced
+
+run: venv
+	DJANGO_DEBUG=$${DJANGO_DEBUG:-true} $(PY) manage.py migrate --no-input
+	DJANGO_DEBUG=$${DJANGO_DEBUG:-true} $(PY) manage.py bouncer_keys generate --if-none
+	DJANGO_DEBUG=$${DJANGO_DEBUG:-true} $(PY) manage.py runserver 127.0.0.1:8000
+
+check: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	DJANGO_DEBUG=true $(VENV)/bin/mypy .
+
+format: venv
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: check
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

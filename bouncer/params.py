@@ -1,0 +1,131 @@
+"""Request parameters the way Zulip's typed endpoints read them.
+
+Form requests: a `str` field takes the raw form string; any other type is parsed
+from the form string as JSON (`token_kind=2` is the integer 2, `realms=[...]` a list),
+as Zulip's `Json[...]` parameters are. JSON requests: the body is one JSON object.
+Validation failures become `BouncerError`s with Zulip's messages; unknown parameters
+are tolerated and reported back in `ignored_parameters_unsupported`.
+"""
+
+import json
+import types
+from typing import Any, Union, get_args, get_origin
+
+from django.http import HttpRequest
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import ErrorDetails
+
+from bouncer.errors import BouncerError, ErrorCode
+
+
+class Params(BaseModel):
+    """Base of every endpoint's parameter model."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
+
+
+def _takes_raw_string(annotation: Any) -> bool:
+    if annotation is str:
+        return True
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        return len(args) == 1 and _takes_raw_string(args[0])
+    # Annotated[str, ...]: pydantic keeps the metadata apart, but be safe.
+    if origin is not None and hasattr(annotation, "__metadata__"):
+        return _takes_raw_string(get_args(annotation)[0])
+    return False
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    name = str(loc[0]) if loc else "request"
+    for part in loc[1:]:
+        name += f"[{part}]" if isinstance(part, int) else f'["{part}"]'
+    return name
+
+
+_MESSAGES = {
+    "int_type": "{var} is not an integer",
+    "int_parsing": "{var} is not an integer",
+    "int_from_float": "{var} is not an integer",
+    "string_type": "{var} is not a string",
+    "bool_type": "{var} is not a boolean",
+    "bool_parsing": "{var} is not a boolean",
+    "list_type": "{var} is not a list",
+    "dict_type": "{var} is not a dict",
+    "model_type": "{var} is not a dict",
+    "dataclass_type": "{var} is not a dict",
+    "float_type": "{var} is not a float",
+    "greater_than_equal": "{var} is too small",
+    "less_than_equal": "{var} is too large",
+    "extra_forbidden": "Argument {var} is unexpected",
+}
+
+
+def _error_from(details: ErrorDetails) -> BouncerError:
+    var = _location(details["loc"])
+    kind = details["type"]
+    if kind == "missing":
+        return BouncerError(
+            f"Missing '{var}' argument",
+            code=ErrorCode.REQUEST_VARIABLE_MISSING,
+            data={"var_name": var},
+        )
+    if kind == "string_too_long":
+        limit = (details.get("ctx") or {}).get("max_length")
+        return BouncerError(f"{var} is too long (limit: {limit} characters)")
+    if kind == "string_too_short":
+        return BouncerError(f"{var} cannot be blank")
+    if kind == "value_error":
+        # Raised by our own validators, whose message is already Zulip's text.
+        ctx_error = (details.get("ctx") or {}).get("error")
+        return BouncerError(str(ctx_error) if ctx_error else f"Invalid {var}")
+    template = _MESSAGES.get(kind, "Invalid {var}")
+    return BouncerError(template.format(var=var))
+
+
+def validate[M: BaseModel](model: type[M], data: dict[str, Any]) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise _error_from(e.errors(include_url=False)[0]) from None
+
+
+def parse_form[M: Params](request: HttpRequest, model: type[M]) -> tuple[M, list[str]]:
+    """The endpoint's parameters from a form body (or query string), and the unknown names."""
+    # GET parameters come from the query string, POST ones from the body; Zulip reads both.
+    source = request.POST if request.method == "POST" else request.GET
+    data: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        if name not in source:
+            continue
+        raw = source[name]
+        if _takes_raw_string(field.annotation):
+            data[name] = raw
+            continue
+        try:
+            data[name] = json.loads(raw)
+        except ValueError:
+            # Let the field's type produce Zulip's message ("x is not an integer").
+            data[name] = raw
+    ignored = sorted(name for name in source if name not in model.model_fields)
+    return validate(model, data), ignored
+
+
+def parse_json[M: Params](request: HttpRequest, model: type[M]) -> tuple[M, list[str]]:
+    """The endpoint's parameters from a JSON object body, and the unknown top-level names."""
+    try:
+        body = json.loads(request.body)
+    except (ValueError, UnicodeDecodeError):
+        raise BouncerError("Malformed JSON") from None
+    if not isinstance(body, dict):
+        raise BouncerError("Malformed payload")
+    ignored = sorted(name for name in body if name not in model.model_fields)
+    return validate(model, body), ignored
+
+
+def with_ignored(data: dict[str, Any], ignored: list[str]) -> dict[str, Any]:
+    """Zulip's success body lists parameters it did not use; it never fails on them."""
+    if ignored:
+        data["ignored_parameters_unsupported"] = ignored
+    return data

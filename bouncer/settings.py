@@ -1,0 +1,271 @@
+"""The bouncer's only settings module: everything comes from the environment.
+
+Each secret can also be read from a file named by the same variable with `_FILE`
+appended (Docker and systemd credentials). Local runs (`DJANGO_DEBUG=true`, as
+`make run` sets it) generate missing secrets once into `var/`; production fails
+fast when one is missing.
+"""
+
+import base64
+import json
+import os
+import secrets
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("BOUNCER_VAR_DIR", BASE_DIR / "var"))
+
+
+def env_str(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ImproperlyConfigured(f"{name} must be true or false, not {raw!r}")
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be an integer, not {raw!r}") from None
+
+
+def env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number, not {raw!r}") from None
+
+
+def env_secret(name: str) -> str:
+    """A secret from NAME, or from the file NAME_FILE names; "" when neither is set."""
+    file_name = os.environ.get(f"{name}_FILE")
+    if file_name:
+        try:
+            return Path(file_name).read_text().strip()
+        except OSError as e:
+            raise ImproperlyConfigured(f"{name}_FILE: cannot read {file_name}: {e}") from None
+    return os.environ.get(name, "")
+
+
+def local_secret(name: str, make: str) -> str:
+    """A secret generated once into var/ for local runs; never used in production."""
+    path = VAR_DIR / name.lower()
+    if not path.exists():
+        VAR_DIR.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(make)
+    return path.read_text().strip()
+
+
+DEBUG = env_bool("DJANGO_DEBUG", False)
+
+SECRET_KEY = env_secret("DJANGO_SECRET_KEY")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("DJANGO_SECRET_KEY is required when DJANGO_DEBUG is false")
+    SECRET_KEY = local_secret("DJANGO_SECRET_KEY", secrets.token_urlsafe(50))
+
+# Seals the private halves of bouncer key pairs at rest (see registrations/sealing.py).
+BOUNCER_KEY_ENCRYPTION_KEY = env_secret("BOUNCER_KEY_ENCRYPTION_KEY")
+if not BOUNCER_KEY_ENCRYPTION_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "BOUNCER_KEY_ENCRYPTION_KEY is required when DJANGO_DEBUG is false "
+            "(32 random bytes in base64: python -c 'import os,base64;"
+            "print(base64.b64encode(os.urandom(32)).decode())')"
+        )
+    BOUNCER_KEY_ENCRYPTION_KEY = local_secret(
+        "BOUNCER_KEY_ENCRYPTION_KEY", base64.b64encode(os.urandom(32)).decode()
+    )
+
+
+def _registration_keys(raw: str) -> dict[str, str]:
+    if not raw:
+        return {}
+    try:
+        keys = json.loads(raw)
+    except ValueError:
+        raise ImproperlyConfigured("PUSH_REGISTRATION_ENCRYPTION_KEYS is not valid JSON") from None
+    if not isinstance(keys, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in keys.items()
+    ):
+        raise ImproperlyConfigured(
+            "PUSH_REGISTRATION_ENCRYPTION_KEYS must be a JSON object {public_b64: private_b64}"
+        )
+    return keys
+
+
+# Zulip's format: {base64 public key: base64 private key}; accepted beside the database's keys.
+PUSH_REGISTRATION_ENCRYPTION_KEYS = _registration_keys(
+    env_secret("PUSH_REGISTRATION_ENCRYPTION_KEYS")
+)
+
+ALLOWED_HOSTS = [h.strip() for h in env_str("ALLOWED_HOSTS", "127.0.0.1,localhost").split(",")]
+ALLOWED_HOSTS = [h for h in ALLOWED_HOSTS if h]
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'bouncer.sqlite3'}"),
+        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60),
+        conn_health_checks=True,
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    # The embedded database serves one developer; a busy timeout avoids "database is locked".
+    DATABASES["default"]["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
+else:
+    DATABASES["default"].setdefault("OPTIONS", {})
+    # Every statement is bounded: a stuck query must not hold a web worker forever.
+    DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", 5)
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "registrations",
+    "legacy",
+    "delivery",
+]
+
+MIDDLEWARE = [
+    "bouncer.errors.BouncerErrorMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "bouncer.urls"
+WSGI_APPLICATION = "bouncer.wsgi.application"
+APPEND_SLASH = False
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "static")))
+
+# Zulip servers send small forms; analytics uploads are the largest bodies.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 10 * 1024 * 1024)
+
+# Behind a TLS-terminating proxy (deploy/nginx) the original scheme arrives in a header.
+if env_bool("BOUNCER_BEHIND_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# --- Zulip protocol behaviour --------------------------------------------------------------
+
+BOUNCER_OPEN_REGISTRATION = env_bool("BOUNCER_OPEN_REGISTRATION", True)
+BOUNCER_CHECK_EMAIL_DNS = env_bool("BOUNCER_CHECK_EMAIL_DNS", False)
+
+
+def _rate_limit(raw: str) -> tuple[int, int]:
+    try:
+        requests, seconds = (int(part) for part in raw.split("/"))
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"BOUNCER_RATE_LIMIT must be REQUESTS/SECONDS, e.g. 1000/60, not {raw!r}"
+        ) from None
+    if requests < 1 or seconds < 1:
+        raise ImproperlyConfigured("BOUNCER_RATE_LIMIT needs positive numbers")
+    return requests, seconds
+
+
+# Zulip's api_by_remote_server rule: (requests, seconds) per remote server.
+BOUNCER_RATE_LIMIT = _rate_limit(env_str("BOUNCER_RATE_LIMIT", "1000/60"))
+
+NOTIFY_WAIT_SECONDS = env_float("NOTIFY_WAIT_SECONDS", 10.0)
+
+# --- Upstream credentials (used by delivery/) ----------------------------------------------
+
+APNS_TOKEN_KEY_FILE = env_str("APNS_TOKEN_KEY_FILE")
+APNS_TOKEN_KEY_ID = env_str("APNS_TOKEN_KEY_ID")
+APNS_TEAM_ID = env_str("APNS_TEAM_ID")
+APNS_CERT_FILE = env_str("APNS_CERT_FILE")
+APNS_SANDBOX = env_bool("APNS_SANDBOX", False)
+APNS_ENDPOINT = env_str("APNS_ENDPOINT")
+FCM_CREDENTIALS_FILE = env_str("FCM_CREDENTIALS_FILE") or env_str("ANDROID_FCM_CREDENTIALS_PATH")
+FCM_ENDPOINT = env_str("FCM_ENDPOINT", "https://fcm.googleapis.com")
+PUSH_APPS_FILE = env_str("PUSH_APPS_FILE")
+# Extra CA bundle trusted for outbound TLS: APNs, FCM, OAuth and registration transfer.
+PUSH_CA_FILE = env_str("PUSH_CA_FILE")
+
+# --- Celery ---------------------------------------------------------------------------------
+
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL")
+# Without a broker (make run) tasks run in-process, in the request that enqueues them.
+CELERY_TASK_ALWAYS_EAGER = not CELERY_BROKER_URL
+CELERY_TASK_EAGER_PROPAGATES = True
+REDIS_URL = CELERY_BROKER_URL if CELERY_BROKER_URL.startswith(("redis://", "rediss://")) else ""
+CELERY_RESULT_BACKEND = REDIS_URL or None
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_timeout": 5, "socket_connect_timeout": 5}
+
+# --- Logging ---------------------------------------------------------------------------------
+
+LOG_LEVEL = env_str("BOUNCER_LOG_LEVEL", "INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+    },
+    "handlers": {
+        "stderr": {"class": "logging.StreamHandler", "formatter": "plain"},
+    },
+    "root": {"handlers": ["stderr"], "level": LOG_LEVEL},
+    "loggers": {
+        # Django logs every 4xx as a warning; our own log lines say what matters.
+        "django.request": {"level": "ERROR"},
+    },
+}

@@ -1,0 +1,86 @@
+"""HTTP Basic authentication of Zulip servers, exactly as zilencer/auth.py answers it."""
+
+import base64
+import binascii
+import uuid
+from datetime import timedelta
+
+from django.http import HttpRequest
+from django.utils import timezone
+
+from bouncer.errors import BouncerError, ErrorCode, unauthorized
+from registrations import ratelimit
+from registrations.models import RemoteZulipServer
+
+# last_request_datetime is for operators; a write per request would cost more than it tells.
+LAST_REQUEST_RESOLUTION = timedelta(seconds=30)
+
+DEACTIVATED_MESSAGE = (
+    "The mobile push notification service registration for your server has been deactivated"
+)
+
+
+def _credentials(request: HttpRequest) -> tuple[str, str]:
+    header = request.META.get("HTTP_AUTHORIZATION")
+    if header is None:
+        raise unauthorized("Missing authorization header for basic auth")
+    try:
+        auth_type, encoded = header.split()
+        if auth_type.lower() != "basic":
+            raise BouncerError("This endpoint requires HTTP basic authentication.")
+        role, api_key = base64.b64decode(encoded, validate=True).decode().split(":")
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise unauthorized("Invalid authorization header for basic auth") from None
+    return role, api_key
+
+
+def not_registered_message(role: str) -> str:
+    return (
+        f"Zulip server auth failure: {role} is not registered -- "
+        "did you run `manage.py register_server`?"
+    )
+
+
+def key_mismatch_message(role: str) -> str:
+    return f"Zulip server auth failure: key does not match role {role}"
+
+
+def find_server(role: str) -> RemoteZulipServer | None:
+    try:
+        server_uuid = uuid.UUID(role)
+    except ValueError:
+        return None
+    return RemoteZulipServer.objects.filter(uuid=server_uuid).first()
+
+
+def authenticate_server(request: HttpRequest) -> RemoteZulipServer:
+    """The server a request comes from, or the 400/401/429 Zulip answers instead."""
+    role, api_key = _credentials(request)
+    if "@" in role:
+        raise BouncerError("Must validate with valid Zulip server API key")
+    server = find_server(role)
+    if server is None:
+        raise unauthorized(not_registered_message(role))
+    if not server.api_key_matches(api_key):
+        raise unauthorized(key_mismatch_message(role))
+    if server.deactivated:
+        raise unauthorized(DEACTIVATED_MESSAGE)
+    verdict = ratelimit.hit(f"server:{server.pk}")
+    if not verdict.allowed:
+        raise BouncerError(
+            "API usage exceeded rate limit",
+            code=ErrorCode.RATE_LIMIT_HIT,
+            status=429,
+            data={"retry-after": round(verdict.retry_after, 3)},
+            headers={"Retry-After": ratelimit.retry_after_header(verdict.retry_after)},
+        )
+    touch_last_request(server)
+    return server
+
+
+def touch_last_request(server: RemoteZulipServer) -> None:
+    now = timezone.now()
+    last = server.last_request_datetime
+    if last is None or now - last >= LAST_REQUEST_RESOLUTION:
+        RemoteZulipServer.objects.filter(pk=server.pk).update(last_request_datetime=now)
+        server.last_request_datetime = now

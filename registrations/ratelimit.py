@@ -1,0 +1,79 @@
+"""Per-server request rate limit (Zulip's `api_by_remote_server` rule).
+
+A fixed window per server: one INCR per request in Redis, shared by every web process,
+when the broker is Redis; an in-process counter otherwise (make run). When Redis cannot
+be reached the limit is not applied: refusing every server's notifications because a
+counter is unavailable would be worse than letting a burst through.
+"""
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+from functools import cache
+
+import redis
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    allowed: bool
+    retry_after: float
+
+
+class _LocalWindows:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, tuple[int, int]] = {}
+
+    def hit(self, key: str, window: int) -> int:
+        with self._lock:
+            start, count = self._counts.get(key, (window, 0))
+            if start != window:
+                start, count = window, 0
+            self._counts[key] = (start, count + 1)
+            return count + 1
+
+
+_local = _LocalWindows()
+
+
+@cache
+def _redis_client() -> redis.Redis | None:
+    if not settings.REDIS_URL:
+        return None
+    return redis.Redis.from_url(
+        settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1, health_check_interval=30
+    )
+
+
+def hit(subject: str, *, limit: tuple[int, int] | None = None) -> Verdict:
+    """Count one request by `subject` and say whether it is within the limit."""
+    max_requests, seconds = limit or settings.BOUNCER_RATE_LIMIT
+    now = time.time()
+    window = int(now // seconds)
+    retry_after = (window + 1) * seconds - now
+    key = f"bouncer:ratelimit:{subject}:{seconds}:{window}"
+    client = _redis_client()
+    if client is None:
+        count = _local.hit(key, window)
+    else:
+        try:
+            pipe = client.pipeline(transaction=False)
+            pipe.incr(key)
+            pipe.expire(key, seconds + 1)
+            count = int(pipe.execute()[0])
+        except redis.RedisError as e:
+            logger.warning("Rate limit not applied: Redis unavailable (%s)", e)
+            return Verdict(allowed=True, retry_after=0)
+    if count > max_requests:
+        return Verdict(allowed=False, retry_after=retry_after)
+    return Verdict(allowed=True, retry_after=0)
+
+
+def retry_after_header(seconds: float) -> str:
+    return str(max(1, math.ceil(seconds)))

@@ -1,0 +1,110 @@
+"""Shared fixtures: registered Zulip servers and realms, and a client that talks like one."""
+
+import base64
+import json
+import secrets
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+from django.test import Client
+from django.test.client import Client as DjangoClient
+from django.utils import timezone
+
+from registrations.models import RemoteRealm, RemoteZulipServer
+
+API = "/api/v1/remotes/"
+
+
+def basic_auth(role: str, key: str) -> str:
+    return "Basic " + base64.b64encode(f"{role}:{key}".encode()).decode()
+
+
+@dataclass
+class ZulipServer:
+    """A Zulip server as the bouncer sees it: its credentials and a client sending as it does.
+
+    Zulip's PushBouncerSession posts forms (`requests` with `data=dict`, so
+    application/x-www-form-urlencoded) and, for notify and deactivate, orjson bodies.
+    """
+
+    uuid: str
+    key: str
+    row: RemoteZulipServer
+    client: DjangoClient
+
+    @property
+    def auth(self) -> str:
+        return basic_auth(self.uuid, self.key)
+
+    def post_form(self, endpoint: str, data: Mapping[str, Any], *, auth: str | None = None) -> Any:
+        return self.client.post(
+            API + endpoint,
+            data=urlencode(data),
+            content_type="application/x-www-form-urlencoded",
+            HTTP_AUTHORIZATION=auth or self.auth,
+            HTTP_USER_AGENT="ZulipServer/12.0",
+        )
+
+    def post_json(self, endpoint: str, body: Any, *, auth: str | None = None) -> Any:
+        return self.client.post(
+            API + endpoint,
+            data=json.dumps(body),
+            content_type="application/json",
+            HTTP_AUTHORIZATION=auth or self.auth,
+            HTTP_USER_AGENT="ZulipServer/12.0",
+        )
+
+    def get(self, endpoint: str, params: Mapping[str, Any] | None = None) -> Any:
+        return self.client.get(
+            API + endpoint,
+            data=params or {},
+            HTTP_AUTHORIZATION=self.auth,
+            HTTP_USER_AGENT="ZulipServer/12.0",
+        )
+
+    def add_realm(self, **fields: Any) -> RemoteRealm:
+        defaults: dict[str, Any] = {
+            "uuid": uuid.uuid4(),
+            "remote_id": RemoteRealm.objects.filter(server=self.row).count() + 2,
+            "host": f"realm{secrets.token_hex(3)}.{self.row.hostname}",
+            "name": "Test realm",
+            "date_created": timezone.now(),
+        }
+        defaults.update(fields)
+        return RemoteRealm.objects.create(server=self.row, **defaults)
+
+
+def make_server(*, hostname: str | None = None, **fields: Any) -> ZulipServer:
+    server_uuid = str(uuid.uuid4())
+    key = secrets.token_hex(32)
+    row = RemoteZulipServer(
+        uuid=server_uuid,
+        hostname=hostname or f"zulip-{secrets.token_hex(4)}.example.org",
+        contact_email="admin@zulip.example.org",
+        last_api_feature_level=483,
+        **fields,
+    )
+    row.set_api_key(key)
+    row.save()
+    return ZulipServer(uuid=server_uuid, key=key, row=row, client=Client())
+
+
+@pytest.fixture
+def zulip_server(db: None) -> ZulipServer:
+    """A registered, active Zulip server."""
+    return make_server()
+
+
+@pytest.fixture
+def other_zulip_server(db: None) -> ZulipServer:
+    return make_server()
+
+
+@pytest.fixture
+def realm(zulip_server: ZulipServer) -> RemoteRealm:
+    """A realm of `zulip_server`, as analytics upload would have created it."""
+    return zulip_server.add_realm()
