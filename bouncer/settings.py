@@ -148,6 +148,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "bouncer",
     "registrations",
     "legacy",
     "delivery",

@@ -1,0 +1,8 @@
+from django.apps import AppConfig
+
+
+class BouncerConfig(AppConfig):
+    name = "bouncer"
+
+    def ready(self) -> None:
+        from bouncer import checks  # noqa: F401 - registers the system checks

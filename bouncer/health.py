@@ -1,0 +1,51 @@
+"""Liveness and readiness probes (interface.md section 5)."""
+
+import logging
+from functools import cache
+
+import redis
+from django.conf import settings
+from django.db import DatabaseError, connection
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.http import require_GET
+
+logger = logging.getLogger(__name__)
+
+
+@require_GET
+def health(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"status": "ok"})
+
+
+@cache
+def _broker(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+
+
+def _database_ok() -> str | None:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except DatabaseError as e:
+        logger.warning("Readiness: database unavailable: %s", e)
+        return "database unavailable"
+    return None
+
+
+def _broker_ok() -> str | None:
+    if not settings.REDIS_URL:
+        return None  # tasks run in-process (make run): nothing to reach
+    try:
+        _broker(settings.REDIS_URL).ping()
+    except redis.RedisError as e:
+        logger.warning("Readiness: broker unavailable: %s", e)
+        return "broker unavailable"
+    return None
+
+
+@require_GET
+def ready(request: HttpRequest) -> JsonResponse:
+    failures = [f for f in (_database_ok(), _broker_ok()) if f]
+    if failures:
+        return JsonResponse({"status": "unavailable", "failed": failures}, status=503)
+    return JsonResponse({"status": "ok"})

@@ -1,0 +1,41 @@
+"""Operational surface: probes and start-up checks."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from django.test import Client
+from pytest_django.fixtures import Settings as SettingsWrapper
+
+from tests.services import free_port
+
+
+def test_health_answers_while_the_process_is_up() -> None:
+    response = Client().get("/health")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+@pytest.mark.django_db
+def test_ready_answers_200_when_database_and_broker_answer() -> None:
+    response = Client().get("/ready")
+    assert response.status_code == 200, response.content
+
+
+@pytest.mark.django_db
+def test_ready_names_the_broker_when_it_cannot_be_reached(settings: SettingsWrapper) -> None:
+    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
+    response = Client().get("/ready")
+    assert response.status_code == 503
+    assert response.json() == {"status": "unavailable", "failed": ["broker unavailable"]}
+
+
+def test_a_malformed_key_encryption_key_fails_the_start_up_checks() -> None:
+    env = dict(os.environ, BOUNCER_KEY_ENCRYPTION_KEY="not-a-key")
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"], env=env, capture_output=True, text=True, check=False
+    )
+    assert result.returncode != 0
+    assert "bouncer.E001" in result.stderr
+    assert "not-a-key" not in result.stderr + result.stdout
