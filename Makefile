@@ -3,6 +3,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 VENV := .venv
 PY := $(VENV)/bin/python
 export UV_PYTHON ?= 3.12
+RUN_ADDR ?= 127.0.0.1:8000
 
 .PHONY: run test check venv venv-prod lint format bench clean
 
@@ -15,7 +16,7 @@ venv: $(VENV)/.synced
 run: venv
 	DJANGO_DEBUG=$${DJANGO_DEBUG:-true} $(PY) manage.py migrate --no-input
 	DJANGO_DEBUG=$${DJANGO_DEBUG:-true} $(PY) manage.py bouncer_keys generate --if-none
-	DJANGO_DEBUG=$${DJANGO_DEBUG:-true} $(PY) manage.py runserver 127.0.0.1:8000
+	DJANGO_DEBUG=$${DJANGO_DEBUG:-true} $(PY) manage.py runserver $(RUN_ADDR)
 
 check: venv
 	$(VENV)/bin/ruff check .
