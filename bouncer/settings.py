@@ -155,6 +155,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "bouncer.metrics.RequestMetricsMiddleware",
     "bouncer.errors.BouncerErrorMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -221,6 +222,12 @@ def _rate_limit(raw: str) -> tuple[int, int]:
 BOUNCER_RATE_LIMIT = _rate_limit(env_str("BOUNCER_RATE_LIMIT", "1000/60"))
 
 NOTIFY_WAIT_SECONDS = env_float("NOTIFY_WAIT_SECONDS", 10.0)
+# How long transient upstream failures are retried in the background.
+DELIVERY_RETRY_WINDOW_SECONDS = env_int("DELIVERY_RETRY_WINDOW_SECONDS", 3600)
+# Days of delivery log kept; 0 turns the log off.
+DELIVERY_LOG_DAYS = env_int("DELIVERY_LOG_DAYS", 7)
+# Prometheus multi-process mode (gunicorn and Celery): the directory every process writes to.
+PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR")
 
 # --- Upstream credentials (used by delivery/) ----------------------------------------------
 
@@ -250,7 +257,22 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_timeout": 5, "socket_connect_timeout": 5}
+# A notify request must not hang on a dead broker: fail fast, answer 503, the server retries.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 2,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.5,
+}
+CELERY_BEAT_SCHEDULE = {
+    "prune-delivery-log": {"task": "delivery.prune_delivery_log", "schedule": 3600.0},
+}
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "socket_timeout": 5,
+    "socket_connect_timeout": 5,
+    # Unacknowledged tasks of a worker that died are handed out again after this long.
+    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 300),
+}
 
 # --- Logging ---------------------------------------------------------------------------------
 

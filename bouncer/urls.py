@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from bouncer import health
+from bouncer import health, metrics
 
 urlpatterns = [
     path("api/v1/remotes/", include("registrations.urls")),
@@ -9,4 +9,5 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("health", health.health),
     path("ready", health.ready),
+    path("metrics", metrics.metrics_view),
 ]

@@ -1,0 +1,111 @@
+"""Prometheus metrics (interface.md section 5), in multi-process mode under gunicorn and Celery.
+
+With PROMETHEUS_MULTIPROC_DIR set (deploy/ sets it for every process), each process writes
+its samples there and `/metrics` merges them; without it (make run, tests) the process's own
+registry is served.
+"""
+
+import time
+from collections.abc import Callable, Iterator
+from functools import cache
+
+import redis
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+from django.urls import Resolver404, resolve
+from django.views.decorators.http import require_GET
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+REQUESTS = Counter(
+    "bouncer_http_requests_total", "HTTP requests by endpoint and status", ["endpoint", "status"]
+)
+REQUEST_SECONDS = Histogram(
+    "bouncer_http_request_seconds",
+    "HTTP request duration by endpoint",
+    ["endpoint"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15),
+)
+NOTIFICATIONS = Counter(
+    "bouncer_notifications_total",
+    "Device deliveries by provider and outcome",
+    ["provider", "outcome"],
+)
+UPSTREAM_SECONDS = Histogram(
+    "bouncer_upstream_latency_seconds",
+    "APNs/FCM response time",
+    ["provider"],
+    buckets=(0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+LEGACY_TOKENS_RETIRED = Counter(
+    "bouncer_legacy_tokens_retired_total",
+    "Legacy tokens removed because the device moved to E2EE or its server is gone",
+    ["reason"],
+)
+
+
+def record_delivery(*, provider: str, outcome: str, latency: float) -> None:
+    NOTIFICATIONS.labels(provider=provider, outcome=outcome).inc()
+    UPSTREAM_SECONDS.labels(provider=provider).observe(latency)
+
+
+@cache
+def _broker(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+
+
+class QueueDepthCollector(Collector):
+    """Celery's queue length, read from the broker at scrape time."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        gauge = GaugeMetricFamily("bouncer_queue_depth", "Tasks waiting in the Celery queue")
+        if settings.REDIS_URL:
+            try:
+                gauge.add_metric([], float(_broker(settings.REDIS_URL).llen("celery")))
+            except redis.RedisError:
+                return
+            yield gauge
+
+
+def _endpoint(request: HttpRequest) -> str:
+    try:
+        return resolve(request.path_info).route or "other"
+    except Resolver404:
+        return "unknown"
+
+
+class RequestMetricsMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        started = time.perf_counter()
+        response = self.get_response(request)
+        endpoint = _endpoint(request)
+        REQUESTS.labels(endpoint=endpoint, status=str(response.status_code)).inc()
+        REQUEST_SECONDS.labels(endpoint=endpoint).observe(time.perf_counter() - started)
+        return response
+
+
+@require_GET
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    if settings.PROMETHEUS_MULTIPROC_DIR:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    else:
+        registry = REGISTRY
+    body = generate_latest(registry)
+    if settings.REDIS_URL:
+        extra = CollectorRegistry()
+        extra.register(QueueDepthCollector())
+        body += generate_latest(extra)
+    return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)
