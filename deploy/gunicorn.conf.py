@@ -1,0 +1,33 @@
+"""gunicorn configuration for the bouncer's web process (`gunicorn -c deploy/gunicorn.conf.py`).
+
+Notify requests wait on the workers for APNs/FCM outcomes (tens of milliseconds, at most
+NOTIFY_WAIT_SECONDS), so each process serves many requests at once with threads; the
+numbers are overridable with GUNICORN_CMD_ARGS or these environment variables.
+"""
+
+import os
+
+wsgi_app = "bouncer.wsgi:application"
+bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
+workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "32"))
+# A Zulip server gives up after 15 s; a request must never outlive that by much.
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
+# SIGTERM: stop accepting, finish in-flight requests within this many seconds.
+graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "20"))
+keepalive = 5
+max_requests = 10000
+max_requests_jitter = 1000
+accesslog = "-"
+errorlog = "-"
+# The Authorization header is never logged: gunicorn's default access format omits it.
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
+
+
+def child_exit(server: object, worker: object) -> None:
+    # Prometheus multi-process mode: a dead worker's gauges must not linger.
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)  # type: ignore[attr-defined]
