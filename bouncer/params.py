@@ -18,6 +18,13 @@ from pydantic_core import ErrorDetails
 from bouncer.errors import BouncerError, ErrorCode
 
 
+class JsonText:
+    """Marks a `str` field that Zulip declares `Json[str]`: its form value is JSON text."""
+
+
+JSON_TEXT = JsonText()
+
+
 class Params(BaseModel):
     """Base of every endpoint's parameter model."""
 
@@ -100,7 +107,8 @@ def parse_form[M: Params](request: HttpRequest, model: type[M]) -> tuple[M, list
         if name not in source:
             continue
         raw = source[name]
-        if _takes_raw_string(field.annotation):
+        is_json_text = any(isinstance(m, JsonText) for m in field.metadata)
+        if _takes_raw_string(field.annotation) and not is_json_text:
             data[name] = raw
             continue
         try:

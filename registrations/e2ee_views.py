@@ -1,11 +1,44 @@
-"""E2EE device registration endpoint. (Being written.)"""
+"""`POST push/e2ee/register`: a phone's sealed PushRegistration, forwarded by its server."""
+
+from typing import Annotated
 
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+from pydantic import Field
 
-from bouncer.errors import BouncerError, ErrorCode
+from bouncer.errors import BouncerError, ErrorCode, success_response
+from bouncer.params import Params, parse_form, with_ignored
+from registrations import devices
+from registrations.auth import authenticate_server
+
+
+class RegisterDeviceParams(Params):
+    realm_uuid: str = Field(max_length=64)
+    bouncer_public_key: str = Field(max_length=64)
+    encrypted_push_registration: str = Field(max_length=16 * 1024)
+    # FL 468+ sends token_id; FL 406-467 sends push_account_id (a JSON integer) instead.
+    token_id: str | None = Field(default=None, max_length=64)
+    push_account_id: Annotated[int, Field(ge=0)] | None = None
 
 
 @csrf_exempt
+@require_POST
 def register_push_device(request: HttpRequest) -> HttpResponse:
-    raise BouncerError("Not implemented yet", code=ErrorCode.NOT_FOUND, status=404)
+    server = authenticate_server(request)
+    params, ignored = parse_form(request, RegisterDeviceParams)
+    if params.token_id is None and params.push_account_id is None:
+        raise BouncerError(
+            "Missing 'token_id' argument",
+            code=ErrorCode.REQUEST_VARIABLE_MISSING,
+            data={"var_name": "token_id"},
+        )
+    registered = devices.register_device(
+        server=server,
+        realm_uuid=params.realm_uuid,
+        bouncer_public_key=params.bouncer_public_key,
+        encrypted_push_registration=params.encrypted_push_registration,
+        token_id=params.token_id,
+    )
+    # 11.x servers assert an integer device_id; 12.x servers ignore the extra key.
+    return success_response(with_ignored({"device_id": registered.device_id}, ignored))

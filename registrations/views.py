@@ -1,18 +1,149 @@
-"""Server endpoints: registration, transfer, deactivation, analytics. (Being written.)"""
+"""Server endpoints: registration, transfer, deactivation, analytics (spec part 1, 2 and 8)."""
+
+from typing import Annotated, Any
 
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_POST
+from pydantic import BaseModel, ConfigDict, Field
 
-from bouncer.errors import BouncerError, ErrorCode
+from bouncer.errors import BouncerError, success_response
+from bouncer.params import JSON_TEXT, Params, parse_form, parse_json, with_ignored
+from registrations import services, transfer
+from registrations.auth import authenticate_server
+from registrations.models import API_KEY_LENGTH, HOSTNAME_MAX_LENGTH, UUID_LENGTH
 
 
-def _todo(request: HttpRequest) -> HttpResponse:
-    raise BouncerError("Not implemented yet", code=ErrorCode.NOT_FOUND, status=404)
+class RegisterParams(Params):
+    zulip_org_id: str
+    zulip_org_key: str
+    hostname: str = Field(max_length=HOSTNAME_MAX_LENGTH)
+    contact_email: str = Field(max_length=254)
+    new_org_key: str | None = None
 
 
-register_server = csrf_exempt(_todo)
-transfer_registration = csrf_exempt(_todo)
-verify_transfer_challenge = csrf_exempt(_todo)
-deactivate_server = csrf_exempt(_todo)
-upload_analytics = csrf_exempt(_todo)
-analytics_status = csrf_exempt(_todo)
+def _fixed_length(name: str, value: str | None, length: int) -> None:
+    if value is not None and len(value) != length:
+        raise BouncerError(f"{name} is not length {length}")
+
+
+@csrf_exempt
+@require_POST
+def register_server(request: HttpRequest) -> HttpResponse:
+    params, ignored = parse_form(request, RegisterParams)
+    _fixed_length("zulip_org_id", params.zulip_org_id, UUID_LENGTH)
+    _fixed_length("zulip_org_key", params.zulip_org_key, API_KEY_LENGTH)
+    _fixed_length("new_org_key", params.new_org_key, API_KEY_LENGTH)
+    result = services.register_server(
+        zulip_org_id=params.zulip_org_id,
+        zulip_org_key=params.zulip_org_key,
+        hostname=params.hostname,
+        contact_email=params.contact_email,
+        new_org_key=params.new_org_key,
+    )
+    return success_response(with_ignored({"created": result.created}, ignored))
+
+
+class TransferParams(Params):
+    hostname: str = Field(max_length=HOSTNAME_MAX_LENGTH)
+
+
+@csrf_exempt
+@require_POST
+def transfer_registration(request: HttpRequest) -> HttpResponse:
+    params, ignored = parse_form(request, TransferParams)
+    secret = transfer.prepare_transfer(hostname=params.hostname)
+    return success_response(with_ignored({"verification_secret": secret}, ignored))
+
+
+class VerifyParams(Params):
+    hostname: str = Field(max_length=HOSTNAME_MAX_LENGTH)
+    access_token: str = Field(max_length=256)
+
+
+@csrf_exempt
+@require_POST
+def verify_transfer_challenge(request: HttpRequest) -> HttpResponse:
+    params, ignored = parse_form(request, VerifyParams)
+    server_uuid, key = transfer.verify_transfer(
+        hostname=params.hostname, access_token=params.access_token
+    )
+    return success_response(
+        with_ignored({"zulip_org_id": server_uuid, "zulip_org_key": key}, ignored)
+    )
+
+
+class NoParams(Params):
+    pass
+
+
+@csrf_exempt
+@require_POST
+def deactivate_server(request: HttpRequest) -> HttpResponse:
+    server = authenticate_server(request)
+    # Zulip sends a JSON `{}`; older callers sent an empty form. Both are fine.
+    if request.content_type == "application/json" and request.body:
+        _, ignored = parse_json(request, NoParams)
+    else:
+        _, ignored = parse_form(request, NoParams)
+    services.deactivate_server(server=server)
+    return success_response(with_ignored({}, ignored))
+
+
+class Row(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    id: int
+
+
+class RealmRow(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    id: int
+    uuid: str = Field(pattern=r"^[0-9a-fA-F-]{36}$")
+    host: str = Field(default="", max_length=1000)
+    url: str = Field(default="", max_length=2000)
+    name: str = Field(default="", max_length=1000)
+    org_type: int = 0
+    date_created: float | None = None
+    deactivated: bool = False
+    is_system_bot_realm: bool = False
+    authentication_methods: dict[str, bool] = Field(default_factory=dict)
+
+
+class AnalyticsParams(Params):
+    # JSON text in each form field; rows are validated for what the bouncer reads.
+    realm_counts: list[Row]
+    installation_counts: list[Row]
+    realmauditlog_rows: list[Row] | None = None
+    realms: list[RealmRow] | None = None
+    version: Annotated[str | None, JSON_TEXT] = None
+    merge_base: Annotated[str | None, JSON_TEXT] = None
+    api_feature_level: int | None = None
+
+
+@csrf_exempt
+@require_POST
+def upload_analytics(request: HttpRequest) -> HttpResponse:
+    server = authenticate_server(request)
+    params, ignored = parse_form(request, AnalyticsParams)
+
+    def rows(items: list[Any] | None) -> list[dict[str, Any]] | None:
+        return None if items is None else [item.model_dump() for item in items]
+
+    result = services.upload_analytics(
+        server=server,
+        realm_counts=rows(params.realm_counts) or [],
+        installation_counts=rows(params.installation_counts) or [],
+        realmauditlog_rows=rows(params.realmauditlog_rows),
+        realms=rows(params.realms),
+        version=params.version,
+        merge_base=params.merge_base,
+        api_feature_level=params.api_feature_level,
+    )
+    return success_response(with_ignored(result, ignored))
+
+
+@csrf_exempt
+@require_GET
+def analytics_status(request: HttpRequest) -> HttpResponse:
+    server = authenticate_server(request)
+    return success_response(services.analytics_status(server=server))

@@ -1,0 +1,110 @@
+"""E2EE device registration (spec part 1 section 4): open the sealed PushRegistration, store it."""
+
+import base64
+import binascii
+import logging
+import time
+from dataclasses import dataclass
+
+from django.db import transaction
+from django.utils import timezone
+
+from bouncer.errors import BouncerError, ErrorCode
+from registrations import keys, sealing
+from registrations.models import RemotePushDevice, RemoteRealm, RemoteZulipServer
+from registrations.realms import find_realm
+
+logger = logging.getLogger(__name__)
+
+# Zulip's PUSH_REGISTRATION_LIVENESS_TIMEOUT: a sealed registration is good for a day.
+REGISTRATION_LIVENESS_SECONDS = 24 * 60 * 60
+
+
+def invalid_registration() -> BouncerError:
+    return BouncerError("Invalid encrypted_push_registration")
+
+
+def decode_token_id(token_id: str) -> int:
+    try:
+        raw = base64.b64decode(token_id, validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 8:
+        raise BouncerError("`token_id` is not Base64 encoded")
+    return int.from_bytes(raw, "big", signed=True)
+
+
+@dataclass(frozen=True)
+class Registered:
+    device_id: int
+
+
+def register_device(
+    *,
+    server: RemoteZulipServer,
+    realm_uuid: str,
+    bouncer_public_key: str,
+    encrypted_push_registration: str,
+    token_id: str | None,
+) -> Registered:
+    """Both protocol forms: FL 468+ names the token (token_id); FL 406-467 servers don't.
+
+    FL 406-467 servers send a push_account_id instead, which the bouncer does not need: rows
+    are keyed by (realm, token_id) in both forms, computed from the token itself, so the same
+    phone registered through either form is one row and both forms get its device_id.
+    """
+    claimed_token_id = decode_token_id(token_id) if token_id is not None else None
+    realm = find_realm(server=server, realm_uuid=realm_uuid, required=True)
+    assert realm is not None
+    private = keys.private_key_for(bouncer_public_key)
+    if private is None:
+        raise BouncerError("Invalid bouncer_public_key", code=ErrorCode.INVALID_BOUNCER_PUBLIC_KEY)
+    try:
+        registration = sealing.open_registration(encrypted_push_registration, private)
+    except sealing.InvalidRegistration as e:
+        logger.info("E2EE registration for realm %s refused: %s", realm.uuid, e)
+        raise invalid_registration() from None
+    computed_token_id = sealing.token_id_int(registration.token)
+    if claimed_token_id is not None and claimed_token_id != computed_token_id:
+        raise invalid_registration()
+    if time.time() - registration.timestamp > REGISTRATION_LIVENESS_SECONDS:
+        raise BouncerError("Request expired", code=ErrorCode.REQUEST_EXPIRED)
+    with transaction.atomic():
+        device = _upsert(realm=realm, registration=registration, token_id=computed_token_id)
+        retire_matching_legacy_tokens(server=server, realm=realm, device=device)
+    return Registered(device_id=device.device_id)
+
+
+def _upsert(
+    *, realm: RemoteRealm, registration: sealing.PushRegistration, token_id: int
+) -> RemotePushDevice:
+    # INSERT ... ON CONFLICT (remote_realm, token_id) DO UPDATE: concurrent identical
+    # registrations never fail or duplicate, and a repeat clears an earlier expiry.
+    now = timezone.now()
+    [device] = RemotePushDevice.objects.bulk_create(
+        [
+            RemotePushDevice(
+                remote_realm=realm,
+                token_id=token_id,
+                token=registration.token,
+                token_kind=registration.token_kind,
+                ios_app_id=registration.ios_app_id,
+                created=now,
+                last_registered=now,
+                expired_time=None,
+            )
+        ],
+        update_conflicts=True,
+        unique_fields=["remote_realm", "token_id"],
+        update_fields=["token", "token_kind", "ios_app_id", "last_registered", "expired_time"],
+    )
+    return device
+
+
+def retire_matching_legacy_tokens(
+    *, server: RemoteZulipServer, realm: RemoteRealm, device: RemotePushDevice
+) -> None:
+    """The seam where a device's move to E2EE retires its legacy registration (legacy/)."""
+    from legacy.retirement import retire_for_e2ee_device
+
+    retire_for_e2ee_device(server=server, realm=realm, device=device)

@@ -1,0 +1,28 @@
+"""`manage.py reactivate_remote_server UUID`: undo a server's deactivation."""
+
+import uuid
+from argparse import ArgumentParser
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+
+from registrations import services
+from registrations.models import RemoteZulipServer
+
+
+class Command(BaseCommand):
+    help = "Reactivate a deactivated Zulip server registration."
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        parser.add_argument("uuid", help="the server's zulip_org_id")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            server = RemoteZulipServer.objects.get(uuid=uuid.UUID(options["uuid"]))
+        except (ValueError, RemoteZulipServer.DoesNotExist):
+            raise CommandError(f"No server with zulip_org_id {options['uuid']}") from None
+        if not server.deactivated:
+            self.stdout.write(f"{server.hostname} is already active.")
+            return
+        services.reactivate_server(server=server)
+        self.stdout.write(f"Reactivated {server.hostname} ({server.uuid}).")

@@ -1,0 +1,81 @@
+"""A real Celery worker process for the tests that depend on one.
+
+It runs exactly as production does (`celery -A bouncer worker`, thread pool) against the
+test session's PostgreSQL database and Redis broker, with extra environment (the fake
+upstreams' endpoints and credentials) given by the test.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+class CeleryWorker:
+    def __init__(self, *, env: Mapping[str, str], concurrency: int = 8, name: str = "w1") -> None:
+        settings_dict = connection.settings_dict
+        database_url = (
+            f"postgres://{settings_dict['USER']}@{settings_dict['HOST']}:{settings_dict['PORT']}"
+            f"/{settings_dict['NAME']}"
+        )
+        self.log_path = Path(tempfile.mkstemp(prefix=f"celery-{name}-", suffix=".log")[1])
+        self.env = {**os.environ, "DATABASE_URL": database_url, "PYTHONUNBUFFERED": "1", **env}
+        self.args = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "bouncer",
+            "worker",
+            "--pool",
+            "threads",
+            "--concurrency",
+            str(concurrency),
+            "--hostname",
+            f"{name}@%h",
+            "--without-mingle",
+            "--without-gossip",
+            "--loglevel",
+            "INFO",
+        ]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, *, timeout: float = 60) -> "CeleryWorker":
+        log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            self.args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "ready." in self.log():
+                return self
+            if self.process.poll() is not None:
+                raise RuntimeError(f"Celery worker exited at start:\n{self.log()}")
+            time.sleep(0.1)
+        raise RuntimeError(f"Celery worker not ready after {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, *, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        return self.process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL: the worker dies mid-batch, acknowledging nothing."""
+        self.stop(sig=signal.SIGKILL)
