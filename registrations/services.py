@@ -59,7 +59,11 @@ def _check_email_dns(domain: str) -> None:
     import dns.exception
     import dns.resolver
 
-    resolver = dns.resolver.Resolver()
+    try:
+        resolver = dns.resolver.Resolver()
+    except dns.resolver.NoResolverConfiguration:
+        logger.warning("MX lookup of %s skipped: no resolver configured", domain)
+        return
     resolver.lifetime = EMAIL_DNS_TIMEOUT_SECONDS
     try:
         resolver.resolve(domain, "MX")
