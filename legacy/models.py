@@ -1,7 +1,9 @@
 """Pre-E2EE push device tokens, registered in clear by Zulip servers (spec part 1, section 3)."""
 
+import hashlib
+
 from django.db import models
-from django.db.models.functions import Lower
+from django.db.models.functions import MD5, Lower
 from django.utils import timezone
 
 from registrations.models import TOKEN_MAX_LENGTH, RemoteRealm, RemoteZulipServer
@@ -34,18 +36,23 @@ class RemotePushDeviceToken(models.Model):
         verbose_name = "legacy push device token"
         # Zulip's four uniqueness rules: per server, user identity and kind, one row per token,
         # APNs tokens compared without case. NULL identities are distinct, so an id-row and a
-        # uuid-row for the same token may coexist (notify de-duplicates them).
+        # uuid-row for the same token may coexist (notify de-duplicates them). Tokens may be
+        # 4096 characters, beyond what a btree entry holds (~2.7 kB), so the indexes hold an
+        # MD5 of the token instead of the token itself.
         constraints = [
             models.UniqueConstraint(
                 "server",
                 "user_id",
                 "kind",
-                Lower("token"),
+                MD5(Lower("token")),
                 name="legacy_apns_server_user_id_kind_token",
                 condition=models.Q(kind=1),
             ),
             models.UniqueConstraint(
-                fields=["server", "user_id", "kind", "token"],
+                "server",
+                "user_id",
+                "kind",
+                MD5("token"),
                 name="legacy_fcm_server_user_id_kind_token",
                 condition=models.Q(kind=2),
             ),
@@ -53,12 +60,15 @@ class RemotePushDeviceToken(models.Model):
                 "server",
                 "user_uuid",
                 "kind",
-                Lower("token"),
+                MD5(Lower("token")),
                 name="legacy_apns_server_uuid_kind_token",
                 condition=models.Q(kind=1),
             ),
             models.UniqueConstraint(
-                fields=["server", "user_uuid", "kind", "token"],
+                "server",
+                "user_uuid",
+                "kind",
+                MD5("token"),
                 name="legacy_fcm_server_uuid_kind_token",
                 condition=models.Q(kind=2),
             ),
@@ -66,9 +76,14 @@ class RemotePushDeviceToken(models.Model):
         indexes = [
             models.Index(fields=["server", "user_uuid"], name="legacy_server_user_uuid"),
             models.Index(fields=["server", "user_id"], name="legacy_server_user_id"),
-            # Dead APNs tokens are deleted for every server by lower(token).
-            models.Index(Lower("token"), name="legacy_lower_token"),
+            # Dead tokens are deleted for every server; found through this hash (token_digest()).
+            models.Index(MD5(Lower("token")), name="legacy_token_digest"),
         ]
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} token {self.pk}"
+
+
+def token_digest(token: str) -> str:
+    """What `legacy_token_digest` indexes: md5(lower(token)), for look-ups across servers."""
+    return hashlib.md5(token.lower().encode(), usedforsecurity=False).hexdigest()
