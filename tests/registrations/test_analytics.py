@@ -64,7 +64,8 @@ def test_upload_creates_realms_and_answers_their_push_status(zulip_server: Zulip
     assert realm.server_id == zulip_server.row.pk
     assert (realm.remote_id, realm.host, realm.name) == (7, "chat.example.org", "Example")
     assert realm.authentication_methods == {"Email": True, "Google": False}
-    assert realm.date_created is not None and realm.date_created.year == 2025
+    assert realm.date_created is not None
+    assert realm.date_created.year == 2025
     zulip_server.row.refresh_from_db()
     assert zulip_server.row.last_version == "12.0"
     assert zulip_server.row.last_api_feature_level == 483

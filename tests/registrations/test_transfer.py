@@ -20,7 +20,6 @@ from tests.conftest import API, ZulipServer, basic_auth, make_server
 from tests.fakes.tls import loopback_tls
 from tests.services import free_port
 
-
 pytestmark = pytest.mark.django_db
 
 
@@ -40,7 +39,7 @@ class FakeZulipServer:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def do_GET(self) -> None:
                 token = self.path.removeprefix("/api/v1/zulip-services/verify/").rstrip("/")
                 if token in fake.secrets:
                     status, body = (
@@ -114,7 +113,8 @@ def test_a_transfer_gives_the_server_a_new_key(zulip_host: FakeZulipServer) -> N
     new_key = body["zulip_org_key"]
     assert len(new_key) == 64
     row = RemoteZulipServer.objects.get(pk=old.row.pk)
-    assert row.api_key_matches(new_key) and not row.api_key_matches(old.key)
+    assert row.api_key_matches(new_key)
+    assert not row.api_key_matches(old.key)
     assert AuditLog.objects.filter(
         server=row, event_type="remote_server_registration_transferred"
     ).exists()
