@@ -19,17 +19,9 @@ LEGACY_APNS_EXPIRATION_SECONDS = 24 * 60 * 60
 
 DEFAULT_E2EE_APS: dict[str, Any] = {"mutable-content": 1, "alert": {"title": "New notification"}}
 
-# aioapns' PushType values: what Apple accepts in apns-push-type.
+# aioapns' PushType values, the set Zulip's bouncer accepts in apns_push_type.
 ApnsPushType = Literal[
-    "alert",
-    "background",
-    "location",
-    "voip",
-    "complication",
-    "fileprovider",
-    "mdm",
-    "liveactivity",
-    "pushtotalk",
+    "alert", "background", "voip", "complication", "fileprovider", "mdm", "liveactivity"
 ]
 
 

@@ -1,0 +1,155 @@
+"""Where the APNs and FCM credentials come from, checked at start.
+
+The common case uses Zulip's setting names (APNS_TOKEN_KEY_FILE + APNS_TOKEN_KEY_ID +
+APNS_TEAM_ID, or APNS_CERT_FILE; FCM_CREDENTIALS_FILE). Several iOS apps, each with its own
+key or certificate and environment, are described in PUSH_APPS_FILE, a JSON file:
+
+    {"apns": {
+        "org.zulip.Zulip":   {"token_key_file": "/etc/bouncer/AuthKey_ABC.p8",
+                              "key_id": "ABC1234567", "team_id": "TEAM123456"},
+        "com.example.chat":  {"cert_file": "/etc/bouncer/example.pem", "sandbox": true}
+    }}
+
+An app listed there uses its own entry; any other app uses the settings' credentials. Each
+entry may also set "endpoint" (otherwise APNS_ENDPOINT, or Apple's host for its environment).
+"""
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+
+APNS_PRODUCTION = "https://api.push.apple.com"
+APNS_SANDBOX = "https://api.sandbox.push.apple.com"
+
+
+@dataclass(frozen=True)
+class ApnsCredentials:
+    """One APNs identity: a .p8 token key or a certificate, an environment, an endpoint."""
+
+    name: str  # "default" or the app id it was configured for; appears in logs
+    endpoint: str
+    key_file: str | None = None
+    key_id: str | None = None
+    team_id: str | None = None
+    cert_file: str | None = None
+
+    @property
+    def uses_token(self) -> bool:
+        return self.key_file is not None
+
+
+class CredentialsError(Exception):
+    pass
+
+
+def _endpoint(sandbox: bool, override: str | None = None) -> str:
+    if override:
+        return override.rstrip("/")
+    if settings.APNS_ENDPOINT:
+        return settings.APNS_ENDPOINT.rstrip("/")
+    return APNS_SANDBOX if sandbox else APNS_PRODUCTION
+
+
+def _from_entry(name: str, entry: dict[str, Any]) -> ApnsCredentials:
+    sandbox = bool(entry.get("sandbox", False))
+    endpoint = _endpoint(sandbox, entry.get("endpoint"))
+    if entry.get("token_key_file"):
+        missing = [k for k in ("key_id", "team_id") if not entry.get(k)]
+        if missing:
+            raise CredentialsError(f"PUSH_APPS_FILE: {name} needs {' and '.join(missing)}")
+        return ApnsCredentials(
+            name=name,
+            endpoint=endpoint,
+            key_file=str(entry["token_key_file"]),
+            key_id=str(entry["key_id"]),
+            team_id=str(entry["team_id"]),
+        )
+    if entry.get("cert_file"):
+        return ApnsCredentials(name=name, endpoint=endpoint, cert_file=str(entry["cert_file"]))
+    raise CredentialsError(f"PUSH_APPS_FILE: {name} needs token_key_file or cert_file")
+
+
+def default_apns() -> ApnsCredentials | None:
+    if settings.APNS_TOKEN_KEY_FILE:
+        if not (settings.APNS_TOKEN_KEY_ID and settings.APNS_TEAM_ID):
+            raise CredentialsError("APNS_TOKEN_KEY_FILE needs APNS_TOKEN_KEY_ID and APNS_TEAM_ID")
+        return ApnsCredentials(
+            name="default",
+            endpoint=_endpoint(settings.APNS_SANDBOX),
+            key_file=settings.APNS_TOKEN_KEY_FILE,
+            key_id=settings.APNS_TOKEN_KEY_ID,
+            team_id=settings.APNS_TEAM_ID,
+        )
+    if settings.APNS_CERT_FILE:
+        return ApnsCredentials(
+            name="default",
+            endpoint=_endpoint(settings.APNS_SANDBOX),
+            cert_file=settings.APNS_CERT_FILE,
+        )
+    return None
+
+
+@cache
+def _apps_file(path: str) -> dict[str, ApnsCredentials]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise CredentialsError(f"PUSH_APPS_FILE {path}: {e}") from None
+    apps = data.get("apns", {}) if isinstance(data, dict) else None
+    if not isinstance(apps, dict):
+        raise CredentialsError(f'PUSH_APPS_FILE {path}: expected {{"apns": {{app_id: {{...}}}}}}')
+    return {name: _from_entry(name, entry) for name, entry in apps.items()}
+
+
+def apns_for(app_id: str) -> ApnsCredentials | None:
+    """The credentials that sign for `app_id`, or None when there are none."""
+    if settings.PUSH_APPS_FILE:
+        entry = _apps_file(settings.PUSH_APPS_FILE).get(app_id)
+        if entry is not None:
+            return entry
+    return default_apns()
+
+
+def fcm_credentials_file() -> str | None:
+    return settings.FCM_CREDENTIALS_FILE or None
+
+
+def _readable(label: str, path: str | None) -> list[str]:
+    if path is None:
+        return []
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as e:
+        return [f"{label}: cannot read {path} ({e.strerror})"]
+    return []
+
+
+def check_credentials() -> list[str]:
+    """Problems an operator must fix; empty when every configured file is readable."""
+    problems: list[str] = []
+    try:
+        configured = [default_apns()]
+        if settings.PUSH_APPS_FILE:
+            configured += list(_apps_file(settings.PUSH_APPS_FILE).values())
+    except CredentialsError as e:
+        return [str(e)]
+    for creds in filter(None, configured):
+        problems += _readable(f"APNs key for {creds.name}", creds.key_file)
+        problems += _readable(f"APNs certificate for {creds.name}", creds.cert_file)
+    problems += _readable("FCM_CREDENTIALS_FILE", fcm_credentials_file())
+    fcm = fcm_credentials_file()
+    if fcm and not problems:
+        try:
+            info = json.loads(Path(fcm).read_text())
+            missing = [k for k in ("client_email", "private_key", "project_id") if k not in info]
+        except ValueError:
+            missing = ["valid JSON"]
+        if missing:
+            problems.append(f"FCM_CREDENTIALS_FILE {fcm} lacks {', '.join(missing)}")
+    problems += _readable("PUSH_CA_FILE", settings.PUSH_CA_FILE or None)
+    return problems

@@ -1,0 +1,41 @@
+"""Fake APNs and FCM on loopback, and settings that point the bouncer at them."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pytest_django.fixtures import Settings
+
+from tests.fakes.apns import FakeApns, SigningKey
+from tests.fakes.tls import loopback_tls
+
+
+@pytest.fixture(scope="session")
+def apns_key() -> SigningKey:
+    return SigningKey.generate()
+
+
+@pytest.fixture
+def fake_apns(apns_key: SigningKey) -> Iterator[FakeApns]:
+    fake = FakeApns(keys=[apns_key]).start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def apns_settings(
+    settings: Settings, fake_apns: FakeApns, apns_key: SigningKey, tmp_path: Path
+) -> dict[str, str]:
+    """The bouncer's APNs settings for the fake; also returned as environment variables."""
+    key_file = tmp_path / "AuthKey.p8"
+    key_file.write_text(apns_key.private_pem)
+    env = {
+        "APNS_TOKEN_KEY_FILE": str(key_file),
+        "APNS_TOKEN_KEY_ID": apns_key.key_id,
+        "APNS_TEAM_ID": apns_key.team_id,
+        "APNS_ENDPOINT": fake_apns.endpoint,
+        "PUSH_CA_FILE": str(loopback_tls().ca_file),
+    }
+    for name, value in env.items():
+        setattr(settings, name, value)
+    return env
