@@ -7,6 +7,7 @@ import pytest
 from pytest_django.fixtures import Settings
 
 from tests.fakes.apns import FakeApns, SigningKey
+from tests.fakes.fcm import FakeFcm, ServiceAccount
 from tests.fakes.tls import loopback_tls
 
 
@@ -34,6 +35,34 @@ def apns_settings(
         "APNS_TOKEN_KEY_ID": apns_key.key_id,
         "APNS_TEAM_ID": apns_key.team_id,
         "APNS_ENDPOINT": fake_apns.endpoint,
+        "PUSH_CA_FILE": str(loopback_tls().ca_file),
+    }
+    for name, value in env.items():
+        setattr(settings, name, value)
+    return env
+
+
+@pytest.fixture(scope="session")
+def service_account() -> ServiceAccount:
+    return ServiceAccount.generate()
+
+
+@pytest.fixture
+def fake_fcm(service_account: ServiceAccount) -> Iterator[FakeFcm]:
+    fake = FakeFcm(account=service_account).start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def fcm_settings(
+    settings: Settings, fake_fcm: FakeFcm, service_account: ServiceAccount, tmp_path: Path
+) -> dict[str, str]:
+    credentials_file = tmp_path / "service-account.json"
+    credentials_file.write_text(service_account.file_content(fake_fcm.token_uri))
+    env = {
+        "FCM_CREDENTIALS_FILE": str(credentials_file),
+        "FCM_ENDPOINT": fake_fcm.endpoint,
         "PUSH_CA_FILE": str(loopback_tls().ca_file),
     }
     for name, value in env.items():

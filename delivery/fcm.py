@@ -1,0 +1,261 @@
+"""The FCM HTTP v1 sender: one persistent HTTP/2 connection, OAuth from a service account.
+
+google-auth signs the service-account assertion and tracks the access token's expiry; its
+bundled transports need `requests` or `aiohttp`, so a small httpx transport stands in, and
+the (blocking) refresh runs off the event loop, one at a time.
+"""
+
+import asyncio
+import logging
+import ssl
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import google.auth.exceptions
+import google.auth.transport
+import httpx
+from django.conf import settings
+from google.oauth2 import service_account
+
+from delivery import credentials
+from delivery.outcomes import (
+    CONNECTION_ERROR,
+    NO_CREDENTIALS,
+    TIMEOUT,
+    SendResult,
+    Verdict,
+    classify_fcm,
+    is_known_fcm_code,
+)
+
+logger = logging.getLogger(__name__)
+
+SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
+REQUEST_TIMEOUT_SECONDS = 10.0
+OAUTH_TIMEOUT_SECONDS = 10.0
+MAX_IN_FLIGHT = 1000
+CONFIG_LOG_INTERVAL_SECONDS = 60.0
+FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
+
+
+@dataclass(frozen=True)
+class FcmMessage:
+    token: str
+    data: dict[str, str]
+    priority: str
+
+
+def client_ssl_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    if settings.PUSH_CA_FILE:
+        context.load_verify_locations(cafile=settings.PUSH_CA_FILE)
+    return context
+
+
+class _Response(google.auth.transport.Response):
+    def __init__(self, response: httpx.Response) -> None:
+        self._response = response
+
+    @property
+    def status(self) -> int:
+        return self._response.status_code
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._response.headers
+
+    @property
+    def data(self) -> bytes:
+        return self._response.content
+
+
+class HttpxAuthRequest(google.auth.transport.Request):
+    """google-auth's transport interface over a (blocking) httpx client."""
+
+    def __init__(self, client: httpx.Client) -> None:
+        self.client = client
+
+    def __call__(
+        self,
+        url: str,
+        method: str = "GET",
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> _Response:
+        try:
+            response = self.client.request(
+                method, url, content=body, headers=headers, timeout=timeout or OAUTH_TIMEOUT_SECONDS
+            )
+        except httpx.HTTPError as e:
+            raise google.auth.exceptions.TransportError(str(e)) from e  # type: ignore[no-untyped-call] # google-auth is untyped here
+        return _Response(response)
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
+    except (TypeError, ValueError):
+        return None
+
+
+def _error_code(response: httpx.Response) -> str | None:
+    try:
+        error = response.json().get("error", {})
+    except ValueError:
+        return None
+    if not isinstance(error, dict):
+        return None
+    for detail in error.get("details") or []:
+        if isinstance(detail, dict) and detail.get("@type") == FCM_ERROR_TYPE:
+            code = detail.get("errorCode")
+            if isinstance(code, str):
+                return code
+    status = error.get("status")
+    return status if isinstance(status, str) else None
+
+
+class FcmSender:
+    def __init__(self, *, request_timeout: float = REQUEST_TIMEOUT_SECONDS) -> None:
+        self.request_timeout = request_timeout
+        self._credentials: service_account.Credentials | None = None
+        self._project_id = ""
+        self._client: httpx.AsyncClient | None = None
+        self._auth_client: httpx.Client | None = None
+        self._refresh_lock: asyncio.Lock | None = None
+        self._in_flight: asyncio.Semaphore | None = None
+        self._last_config_log = -CONFIG_LOG_INTERVAL_SECONDS
+
+    def _config_fault(self, reason: str, detail: str, started: float) -> SendResult:
+        now = time.monotonic()
+        if now - self._last_config_log >= CONFIG_LOG_INTERVAL_SECONDS:
+            self._last_config_log = now
+            logger.error("FCM: cannot deliver: %s; deliveries fail until this is fixed", detail)
+        return SendResult(
+            verdict=Verdict.CONFIG_FAULT,
+            status=None,
+            reason=reason,
+            upstream_id=None,
+            retry_after=None,
+            latency=time.monotonic() - started,
+        )
+
+    def _load(self) -> service_account.Credentials | str:
+        """The service account, or why there is none."""
+        if self._credentials is not None:
+            return self._credentials
+        path = credentials.fcm_credentials_file()
+        if not path:
+            return "FCM_CREDENTIALS_FILE is not set"
+        try:
+            creds: service_account.Credentials = (
+                service_account.Credentials.from_service_account_file(  # type: ignore[no-untyped-call] # google-auth is untyped here
+                    path, scopes=[SCOPE]
+                )
+            )
+        except (OSError, ValueError, KeyError) as e:
+            # Never the file's content: it holds the private key.
+            return f"cannot load the service account in {path} ({type(e).__name__})"
+        self._credentials = creds
+        self._project_id = creds.project_id or ""
+        context = client_ssl_context()
+        self._client = httpx.AsyncClient(http2=True, verify=context, timeout=self.request_timeout)
+        self._auth_client = httpx.Client(http2=True, verify=context, timeout=OAUTH_TIMEOUT_SECONDS)
+        self._refresh_lock = asyncio.Lock()
+        self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+        return creds
+
+    async def _access_token(self, creds: service_account.Credentials) -> str:
+        assert self._refresh_lock is not None
+        assert self._auth_client is not None
+        if not creds.valid:
+            async with self._refresh_lock:
+                if not creds.valid:
+                    request = HttpxAuthRequest(self._auth_client)
+                    await asyncio.to_thread(creds.refresh, request)
+        return str(creds.token)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+        if self._auth_client is not None:
+            self._auth_client.close()
+
+    async def send(self, message: FcmMessage) -> SendResult:
+        started = time.monotonic()
+        creds = self._load()
+        if isinstance(creds, str):
+            return self._config_fault(NO_CREDENTIALS, creds, started)
+
+        def result(
+            verdict: Verdict,
+            status: int | None,
+            reason: str | None,
+            name: str | None = None,
+            retry_after: float | None = None,
+        ) -> SendResult:
+            return SendResult(
+                verdict=verdict,
+                status=status,
+                reason=reason,
+                upstream_id=name,
+                retry_after=retry_after,
+                latency=time.monotonic() - started,
+            )
+
+        try:
+            token = await self._access_token(creds)
+        except google.auth.exceptions.TransportError as e:
+            logger.warning("FCM: OAuth token endpoint unreachable: %s", e)
+            return result(Verdict.RETRY, None, CONNECTION_ERROR)
+        except google.auth.exceptions.RefreshError as e:
+            return self._config_fault("OAuthRefused", f"the OAuth token was refused ({e})", started)
+
+        assert self._client is not None
+        assert self._in_flight is not None
+        url = f"{settings.FCM_ENDPOINT.rstrip('/')}/v1/projects/{self._project_id}/messages:send"
+        body = {
+            "message": {
+                "token": message.token,
+                "android": {"priority": message.priority},
+                "data": message.data,
+            }
+        }
+        async with self._in_flight:
+            try:
+                response = await self._client.post(
+                    url, json=body, headers={"Authorization": f"Bearer {token}"}
+                )
+            except httpx.TimeoutException:
+                return result(Verdict.RETRY, None, TIMEOUT)
+            except httpx.HTTPError as e:
+                logger.warning("FCM: %s: %s", type(e).__name__, e)
+                return result(Verdict.RETRY, None, CONNECTION_ERROR)
+        if response.status_code == 200:
+            try:
+                name = response.json().get("name")
+            except ValueError:
+                name = None
+            return result(Verdict.DELIVERED, 200, None, name if isinstance(name, str) else None)
+        code = _error_code(response)
+        if response.status_code == 401 and code != "THIRD_PARTY_AUTH_ERROR":
+            # Our access token was refused: fetch a new one before the next request.
+            creds.token = None
+        if not is_known_fcm_code(code):
+            logger.warning("FCM: unknown error %r with status %s", code, response.status_code)
+        return result(
+            classify_fcm(response.status_code, code),
+            response.status_code,
+            code,
+            retry_after=_retry_after(response.headers.get("retry-after")),
+        )
