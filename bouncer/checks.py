@@ -40,3 +40,12 @@ def check_key_settings(
                 )
             )
     return errors
+
+
+@register()
+def check_push_credentials(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    from delivery.credentials import check_credentials
+
+    return [Error(problem, id="bouncer.E003") for problem in check_credentials()]

@@ -15,7 +15,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, Literal
+from typing import Literal
 
 import redis
 import redis.asyncio
@@ -179,7 +179,3 @@ def claim_all(batch_id: str, attempt: int, indexes: list[int]) -> dict[int, Clai
         if ok:
             states[i] = "claimed"
     return states
-
-
-def describe(batch: dict[str, Any]) -> str:
-    return f"batch {batch['id']} attempt {batch['attempt']} ({len(batch['deliveries'])} deliveries)"

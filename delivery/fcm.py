@@ -129,6 +129,7 @@ class FcmSender:
     def __init__(self, *, request_timeout: float = REQUEST_TIMEOUT_SECONDS) -> None:
         self.request_timeout = request_timeout
         self._credentials: service_account.Credentials | None = None
+        self._loaded_from: str | None = None
         self._project_id = ""
         self._client: httpx.AsyncClient | None = None
         self._auth_client: httpx.Client | None = None
@@ -150,11 +151,12 @@ class FcmSender:
             latency=time.monotonic() - started,
         )
 
-    def _load(self) -> service_account.Credentials | str:
+    async def _load(self) -> service_account.Credentials | str:
         """The service account, or why there is none."""
-        if self._credentials is not None:
-            return self._credentials
         path = credentials.fcm_credentials_file()
+        if self._credentials is not None and path == self._loaded_from:
+            return self._credentials
+        await self.close()  # the settings changed: drop the old account's connections
         if not path:
             return "FCM_CREDENTIALS_FILE is not set"
         try:
@@ -167,6 +169,7 @@ class FcmSender:
             # Never the file's content: it holds the private key.
             return f"cannot load the service account in {path} ({type(e).__name__})"
         self._credentials = creds
+        self._loaded_from = path
         self._project_id = creds.project_id or ""
         context = client_ssl_context()
         self._client = httpx.AsyncClient(http2=True, verify=context, timeout=self.request_timeout)
@@ -188,12 +191,15 @@ class FcmSender:
     async def close(self) -> None:
         if self._client is not None:
             await self._client.aclose()
+            self._client = None
         if self._auth_client is not None:
             self._auth_client.close()
+            self._auth_client = None
+        self._credentials = None
 
     async def send(self, message: FcmMessage) -> SendResult:
         started = time.monotonic()
-        creds = self._load()
+        creds = await self._load()
         if isinstance(creds, str):
             return self._config_fault(NO_CREDENTIALS, creds, started)
 

@@ -68,3 +68,21 @@ def fcm_settings(
     for name, value in env.items():
         setattr(settings, name, value)
     return env
+
+
+@pytest.fixture
+def in_process_delivery(settings: Settings) -> None:
+    """Deliveries run in the test process, as under `make run` (no broker).
+
+    The relay, senders, claims and outcome channel are the production code; only the hop
+    through Redis to a worker process is skipped. Tests that need that hop start a real
+    worker (tests/delivery/test_worker.py).
+    """
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    settings.REDIS_URL = ""
+    settings.NOTIFY_WAIT_SECONDS = 5.0
+
+
+@pytest.fixture
+def upstreams(apns_settings: dict[str, str], fcm_settings: dict[str, str]) -> dict[str, str]:
+    return {**apns_settings, **fcm_settings}

@@ -1,0 +1,196 @@
+"""The worker's side of a notify request: send a batch, record what happened, retry later.
+
+A batch is JSON primitives only (it travels through the broker):
+    {"id": uuid, "attempt": 1, "server_id": int, "realm_id": int | None,
+     "protocol": "legacy" | "e2ee", "give_up_at": epoch seconds,
+     "deliveries": [{"i": index, "provider": "apns" | "fcm", "device_id": int, "token": str,
+                     "app_id": str, "apns": {...} | "fcm": {...}}]}
+"""
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db.models.functions import MD5, Lower
+from django.utils import timezone
+
+from bouncer import metrics
+from delivery import channel
+from delivery.models import DeliveryAttempt
+from delivery.outcomes import SendResult, Verdict, give_up, next_retry_delay
+from delivery.relay import get_relay
+from legacy.models import RemotePushDeviceToken, token_digest
+from registrations.models import RemotePushDevice
+
+logger = logging.getLogger(__name__)
+
+Batch = dict[str, Any]
+Scheduler = Callable[[Batch, float], None]
+
+
+def _token_hint(token: str) -> str:
+    # Enough for an operator to match two log lines; never the token itself.
+    return f"{token[:6]}…"
+
+
+def _log_result(batch: Batch, delivery: dict[str, Any], result: SendResult) -> None:
+    provider = delivery["provider"].upper()
+    context = (
+        f"{batch['protocol']} device {delivery['device_id']} ({_token_hint(delivery['token'])}) "
+        f"server {batch['server_id']} batch {batch['id']} attempt {batch['attempt']}"
+    )
+    detail = f"{result.status or '-'} {result.reason or ''}".strip()
+    if result.verdict == Verdict.DELIVERED:
+        logger.info("%s: delivered to %s (%s)", provider, context, result.upstream_id or "")
+    elif result.verdict == Verdict.TOKEN_DEAD:
+        logger.info("%s: token dead for %s: %s", provider, context, detail)
+    elif result.verdict == Verdict.CONFIG_FAULT:
+        logger.error("%s: configuration fault sending to %s: %s", provider, context, detail)
+    else:
+        logger.warning("%s: %s sending to %s: %s", provider, result.verdict, context, detail)
+
+
+def expire_dead_tokens(*, protocol: str, dead: list[dict[str, Any]]) -> None:
+    """E2EE rows are soft-expired; a dead legacy token goes for every server (as Zulip does)."""
+    if not dead:
+        return
+    if protocol == "e2ee":
+        RemotePushDevice.objects.filter(
+            device_id__in=[d["device_id"] for d in dead], expired_time__isnull=True
+        ).update(expired_time=timezone.now())
+        return
+    # Through the md5(lower(token)) index; the token comparison guards against collisions.
+    rows = RemotePushDeviceToken.objects.annotate(
+        digest=MD5(Lower("token")), lower_token=Lower("token")
+    )
+    apns = {d["token"].lower() for d in dead if d["provider"] == "apns"}
+    fcm = {d["token"] for d in dead if d["provider"] == "fcm"}
+    if apns:
+        rows.filter(
+            kind=RemotePushDeviceToken.Kind.APNS,
+            digest__in=[token_digest(t) for t in apns],
+            lower_token__in=apns,
+        ).delete()
+    if fcm:
+        rows.filter(
+            kind=RemotePushDeviceToken.Kind.FCM,
+            digest__in=[token_digest(t) for t in fcm],
+            token__in=fcm,
+        ).delete()
+
+
+def _write_log(batch: Batch, rows: list[tuple[dict[str, Any], SendResult, str]]) -> None:
+    if settings.DELIVERY_LOG_DAYS <= 0 or not rows:
+        return
+    now = timezone.now()
+    DeliveryAttempt.objects.bulk_create(
+        [
+            DeliveryAttempt(
+                created=now,
+                batch_id=batch["id"],
+                server_id=batch["server_id"],
+                realm_id=batch.get("realm_id"),
+                device_id=delivery["device_id"],
+                protocol=batch["protocol"],
+                provider=delivery["provider"],
+                app_id=delivery.get("app_id") or "",
+                outcome=outcome,
+                upstream_status=result.status,
+                reason=(result.reason or "")[:128],
+                upstream_id=(result.upstream_id or "")[:255],
+                attempt=batch["attempt"],
+                latency_ms=round(result.latency * 1000),
+            )
+            for delivery, result, outcome in rows
+        ]
+    )
+
+
+def process_batch(*, batch: Batch, schedule: Scheduler) -> None:
+    """Send what has not been sent, record outcomes, expire dead tokens, schedule retries."""
+    deliveries: list[dict[str, Any]] = batch["deliveries"]
+    states = channel.claim_all(batch["id"], batch["attempt"], [d["i"] for d in deliveries])
+    to_send = [d for d in deliveries if states[d["i"]] == "claimed"]
+    busy = [d for d in deliveries if states[d["i"]] == "busy"]
+    if busy:
+        # Another worker claimed these and may have died mid-send: look again once its
+        # claim has lapsed. A delivery already done is never sent again.
+        schedule({**batch, "deliveries": busy}, channel.CLAIM_TTL_SECONDS + 1)
+    if not to_send:
+        return
+
+    worker_channel = channel.WorkerChannel()
+    report = batch["attempt"] == 1
+    now = time.time()
+    exhausted = give_up(attempt=batch["attempt"], now=now, give_up_at=batch["give_up_at"])
+
+    async def on_result(delivery: dict[str, Any], result: SendResult) -> None:
+        outcome = result.verdict.value
+        if result.verdict == Verdict.RETRY and exhausted:
+            outcome = DeliveryAttempt.Outcome.GAVE_UP.value
+        await worker_channel.record(
+            batch_id=batch["id"],
+            attempt=batch["attempt"],
+            outcome=channel.Outcome(
+                index=delivery["i"],
+                outcome=outcome,
+                status=result.status,
+                reason=result.reason or "",
+            ),
+            report=report,
+        )
+
+    results = get_relay().send_all(to_send, on_result)
+
+    rows: list[tuple[dict[str, Any], SendResult, str]] = []
+    dead: list[dict[str, Any]] = []
+    retry: list[tuple[dict[str, Any], SendResult]] = []
+    for delivery, result in zip(to_send, results, strict=True):
+        _log_result(batch, delivery, result)
+        outcome = result.verdict.value
+        if result.verdict == Verdict.TOKEN_DEAD:
+            dead.append(delivery)
+        elif result.verdict == Verdict.RETRY:
+            if exhausted:
+                outcome = DeliveryAttempt.Outcome.GAVE_UP.value
+            else:
+                retry.append((delivery, result))
+        rows.append((delivery, result, outcome))
+        metrics.record_delivery(
+            provider=delivery["provider"], outcome=outcome, latency=result.latency
+        )
+
+    expire_dead_tokens(protocol=batch["protocol"], dead=dead)
+    _write_log(batch, rows)
+    if retry:
+        delay = max(
+            next_retry_delay(
+                verdict_reason=result.reason,
+                attempt=batch["attempt"],
+                retry_after=result.retry_after,
+            )
+            for _, result in retry
+        )
+        # Never past the point of giving up: the last attempt happens at the deadline.
+        delay = min(delay, max(batch["give_up_at"] - now, 0))
+        schedule(
+            {**batch, "attempt": batch["attempt"] + 1, "deliveries": [d for d, _ in retry]},
+            delay,
+        )
+
+
+def retry_window_deadline(*, now: float, expiration: float | None = None) -> float:
+    """When a batch stops retrying: the retry window, or a legacy APNs expiration if sooner."""
+    deadline = now + settings.DELIVERY_RETRY_WINDOW_SECONDS
+    return min(deadline, expiration) if expiration else deadline
+
+
+def prune_delivery_log(*, days: int) -> int:
+    if days <= 0:
+        return 0
+    cutoff = timezone.now() - timedelta(days=days)
+    deleted, _ = DeliveryAttempt.objects.filter(created__lt=cutoff).delete()
+    return deleted

@@ -1,0 +1,118 @@
+"""One asyncio event loop per worker process, holding the persistent HTTP/2 connections.
+
+Celery runs tasks in threads (`--pool threads`); each task hands its deliveries to this
+loop and waits. All batches of the process share the loop, so their deliveries go out
+concurrently over the same connections, and a batch waiting on Apple does not hold a
+core: throughput is bounded by the upstreams' concurrency, not by processes / round trip.
+"""
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+from delivery.apns import ApnsMessage, ApnsSender
+from delivery.fcm import FcmMessage, FcmSender
+from delivery.outcomes import SendResult, Verdict
+
+logger = logging.getLogger(__name__)
+
+# Beyond the senders' own per-request timeouts: a batch that somehow never finishes must
+# not hold a worker thread forever.
+BATCH_TIMEOUT_SECONDS = 120
+
+OnResult = Callable[[dict[str, Any], SendResult], Awaitable[None]]
+
+
+def _message(delivery: dict[str, Any]) -> ApnsMessage | FcmMessage:
+    if delivery["provider"] == "apns":
+        apns = delivery["apns"]
+        return ApnsMessage(
+            token=delivery["token"],
+            app_id=delivery["app_id"],
+            payload=apns["payload"],
+            priority=apns.get("priority"),
+            push_type=apns.get("push_type"),
+            expiration=apns.get("expiration"),
+        )
+    fcm = delivery["fcm"]
+    return FcmMessage(token=delivery["token"], data=fcm["data"], priority=fcm["priority"])
+
+
+class Relay:
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="delivery-loop", daemon=True
+        )
+        self._thread.start()
+        # Senders are built inside the loop: their HTTP/2 clients belong to it.
+        self._apns, self._fcm = asyncio.run_coroutine_threadsafe(self._build(), self.loop).result(
+            timeout=30
+        )
+
+    async def _build(self) -> tuple[ApnsSender, FcmSender]:
+        return ApnsSender(), FcmSender()
+
+    async def _send_one(self, delivery: dict[str, Any], on_result: OnResult) -> SendResult:
+        message = _message(delivery)
+        started = time.monotonic()
+        try:
+            if isinstance(message, ApnsMessage):
+                result = await self._apns.send(message)
+            else:
+                result = await self._fcm.send(message)
+        except Exception as e:  # one broken delivery must not sink its batch; logged below
+            logger.exception(
+                "%s: unexpected error sending to device %s",
+                delivery["provider"].upper(),
+                delivery["device_id"],
+            )
+            result = SendResult(
+                verdict=Verdict.RETRY,
+                status=None,
+                reason=type(e).__name__,
+                upstream_id=None,
+                retry_after=None,
+                latency=time.monotonic() - started,
+            )
+        await on_result(delivery, result)
+        return result
+
+    async def _send_all(
+        self, deliveries: list[dict[str, Any]], on_result: OnResult
+    ) -> list[SendResult]:
+        return list(await asyncio.gather(*(self._send_one(d, on_result) for d in deliveries)))
+
+    def send_all(self, deliveries: list[dict[str, Any]], on_result: OnResult) -> list[SendResult]:
+        """Send every delivery concurrently; `on_result` runs in the loop as each one ends."""
+        future = asyncio.run_coroutine_threadsafe(self._send_all(deliveries, on_result), self.loop)
+        try:
+            return future.result(timeout=BATCH_TIMEOUT_SECONDS)
+        except FutureTimeout:
+            future.cancel()
+            raise
+
+    def run(self, coroutine: Awaitable[Any]) -> Any:
+        async def wrapper() -> Any:
+            return await coroutine
+
+        return asyncio.run_coroutine_threadsafe(wrapper(), self.loop).result(timeout=30)
+
+
+_lock = threading.Lock()
+_relay: Relay | None = None
+
+
+def get_relay() -> Relay:
+    """This process's relay (rebuilt after a fork: a loop thread does not survive one)."""
+    global _relay
+    with _lock:
+        if _relay is None or _relay.pid != os.getpid():
+            _relay = Relay()
+        return _relay

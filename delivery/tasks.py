@@ -1,0 +1,51 @@
+"""Celery tasks: thin wrappers around one service function each."""
+
+import logging
+import threading
+from typing import Any
+
+from celery import shared_task
+from django.conf import settings
+
+from delivery import batches
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(
+    name="delivery.deliver_batch",
+    acks_late=True,
+    # A worker that dies mid-batch hands the batch back to the queue; claims make the re-run
+    # send only what was never answered (delivery/channel.py).
+    reject_on_worker_lost=True,
+    ignore_result=True,
+)
+def deliver_batch(batch: dict[str, Any]) -> None:
+    batches.process_batch(batch=batch, schedule=schedule_batch)
+
+
+def schedule_batch(batch: dict[str, Any], delay: float) -> None:
+    """Run (part of) a batch again after `delay` seconds."""
+    if settings.CELERY_TASK_ALWAYS_EAGER:
+        # No broker (make run): eager mode would ignore the countdown and retry at once.
+        timer = threading.Timer(delay, deliver_batch.apply, kwargs={"args": (batch,)})
+        timer.daemon = True
+        timer.start()
+        return
+    deliver_batch.apply_async(args=(batch,), countdown=delay)
+
+
+def enqueue_batch(batch: dict[str, Any]) -> None:
+    """Hand a notify request's deliveries to the workers (in-process without a broker)."""
+    if settings.CELERY_TASK_ALWAYS_EAGER:
+        deliver_batch.apply(args=(batch,))
+        return
+    deliver_batch.apply_async(args=(batch,))
+
+
+@shared_task(name="delivery.prune_delivery_log", ignore_result=True)
+def prune_delivery_log() -> None:
+    deleted = batches.prune_delivery_log(days=settings.DELIVERY_LOG_DAYS)
+    logger.info(
+        "Delivery log: pruned %d attempts older than %d days", deleted, settings.DELIVERY_LOG_DAYS
+    )
