@@ -224,6 +224,9 @@ BOUNCER_RATE_LIMIT = _rate_limit(env_str("BOUNCER_RATE_LIMIT", "1000/60"))
 NOTIFY_WAIT_SECONDS = env_float("NOTIFY_WAIT_SECONDS", 10.0)
 # How long transient upstream failures are retried in the background.
 DELIVERY_RETRY_WINDOW_SECONDS = env_int("DELIVERY_RETRY_WINDOW_SECONDS", 3600)
+# How long a worker's claim on a delivery lasts before another may send it (must exceed the
+# upstream request timeout): bounds how late a delivery is when its worker dies mid-send.
+DELIVERY_CLAIM_SECONDS = env_int("DELIVERY_CLAIM_SECONDS", 60)
 # Days of delivery log kept; 0 turns the log off.
 DELIVERY_LOG_DAYS = env_int("DELIVERY_LOG_DAYS", 7)
 # Prometheus multi-process mode (gunicorn and Celery): the directory every process writes to.

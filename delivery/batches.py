@@ -118,7 +118,7 @@ def process_batch(*, batch: Batch, schedule: Scheduler) -> None:
     if busy:
         # Another worker claimed these and may have died mid-send: look again once its
         # claim has lapsed. A delivery already done is never sent again.
-        schedule({**batch, "deliveries": busy}, channel.CLAIM_TTL_SECONDS + 1)
+        schedule({**batch, "deliveries": busy}, settings.DELIVERY_CLAIM_SECONDS + 1)
     if not to_send:
         return
 

@@ -22,8 +22,6 @@ import redis.asyncio
 from django.conf import settings
 
 OUTCOMES_TTL_SECONDS = 300
-# A claim outlives the slowest possible send (request timeout plus one reconnection).
-CLAIM_TTL_SECONDS = 60
 DONE_TTL_SECONDS = 24 * 60 * 60
 
 ClaimState = Literal["claimed", "done", "busy"]
@@ -85,7 +83,7 @@ class _MemoryChannel:
                 return "done"
             if value and expires > now:
                 return "busy"
-            self._claims[key] = ("claimed", now + CLAIM_TTL_SECONDS)
+            self._claims[key] = ("claimed", now + settings.DELIVERY_CLAIM_SECONDS)
             return "claimed"
 
     def mark_done(self, key: str) -> None:
@@ -167,7 +165,7 @@ def claim_all(batch_id: str, attempt: int, indexes: list[int]) -> dict[int, Clai
     client = _redis(settings.REDIS_URL)
     pipe = client.pipeline(transaction=False)
     for key in keys.values():
-        pipe.set(key, "claimed", nx=True, ex=CLAIM_TTL_SECONDS)
+        pipe.set(key, "claimed", nx=True, ex=settings.DELIVERY_CLAIM_SECONDS)
     won = pipe.execute()
     states: dict[int, ClaimState] = {}
     lost = [i for i, ok in zip(keys, won, strict=True) if not ok]

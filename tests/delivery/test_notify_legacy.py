@@ -198,7 +198,12 @@ def test_missing_identity_and_malformed_bodies_are_400(zulip_server: ZulipServer
     response = notify(zulip_server, user_id=None, user_uuid=None)
     assert response.status_code == 400
     assert response.json()["msg"] == "Missing user_id or user_uuid"
-    for bad in ({"android_devices": "x"}, {"user_id": "ten"}, {"gcm_payload": []}):
+    bad_fields: list[dict[str, Any]] = [
+        {"android_devices": "x"},
+        {"user_id": "ten"},
+        {"gcm_payload": []},
+    ]
+    for bad in bad_fields:
         assert notify(zulip_server, **bad).status_code == 400
 
 

@@ -13,6 +13,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from django.db import connection
 
@@ -26,7 +27,10 @@ class CeleryWorker:
             f"postgres://{settings_dict['USER']}@{settings_dict['HOST']}:{settings_dict['PORT']}"
             f"/{settings_dict['NAME']}"
         )
-        self.log_path = Path(tempfile.mkstemp(prefix=f"celery-{name}-", suffix=".log")[1])
+        fd, log_name = tempfile.mkstemp(prefix=f"celery-{name}-", suffix=".log")
+        os.close(fd)
+        self.log_path = Path(log_name)
+        self._log_file: Any = None
         self.env = {**os.environ, "DATABASE_URL": database_url, "PYTHONUNBUFFERED": "1", **env}
         self.args = [
             sys.executable,
@@ -49,9 +53,9 @@ class CeleryWorker:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, *, timeout: float = 60) -> "CeleryWorker":
-        log = self.log_path.open("wb")
+        self._log_file = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            self.args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            self.args, cwd=ROOT, env=self.env, stdout=self._log_file, stderr=subprocess.STDOUT
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -74,6 +78,8 @@ class CeleryWorker:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)
+        if self._log_file is not None:
+            self._log_file.close()
         return self.process.returncode
 
     def kill(self) -> None:

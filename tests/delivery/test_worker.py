@@ -1,0 +1,173 @@
+"""The whole path with a real Celery worker process: HTTP -> Redis -> worker -> fake APNs.
+
+These tests commit their rows (transactional db) so the worker, another process, sees them.
+"""
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pytest_django.fixtures import Settings
+
+from delivery.models import DeliveryAttempt
+from registrations import sealing
+from registrations.models import RemotePushDevice, RemoteRealm
+from tests.conftest import ZulipServer, make_server
+from tests.delivery.worker import CeleryWorker
+from tests.fakes.apns import Answer, FakeApns
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def tokens(n: int) -> list[str]:
+    return [f"{i:064x}" for i in range(1, n + 1)]
+
+
+def devices(realm: RemoteRealm, values: list[str]) -> None:
+    RemotePushDevice.objects.bulk_create(
+        RemotePushDevice(
+            remote_realm=realm,
+            token=t,
+            token_kind="apns",
+            token_id=sealing.token_id_int(t),
+            ios_app_id="org.zulip.Zulip",
+        )
+        for t in values
+    )
+
+
+def notify(server: ZulipServer, realm: RemoteRealm, values: list[str]) -> Any:
+    return server.post_json(
+        "push/e2ee/notify",
+        {
+            "realm_uuid": str(realm.uuid),
+            "push_requests": [
+                {
+                    "token_id": sealing.token_id_b64(sealing.token_id_int(t)),
+                    "http_headers": {"apns_priority": 10, "apns_push_type": "alert"},
+                    "payload": {"push_key_id": 1, "encrypted_data": "abc"},
+                }
+                for t in values
+            ],
+        },
+    )
+
+
+@pytest.fixture
+def worker_env(apns_settings: dict[str, str]) -> dict[str, str]:
+    return {**apns_settings, "DELIVERY_CLAIM_SECONDS": "3", "CELERY_VISIBILITY_TIMEOUT": "2"}
+
+
+@pytest.fixture
+def worker(worker_env: dict[str, str]) -> Iterator[CeleryWorker]:
+    process = CeleryWorker(env=worker_env).start()
+    yield process
+    process.stop()
+
+
+def wait_until(predicate: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_notify_is_delivered_by_the_worker_and_answered_with_its_outcomes(
+    worker: CeleryWorker, fake_apns: FakeApns, settings: Settings
+) -> None:
+    settings.DELIVERY_CLAIM_SECONDS = 3
+    server = make_server()
+    realm = server.add_realm()
+    values = tokens(3)
+    devices(realm, values)
+    fake_apns.script(values[0], Answer(410, "Unregistered"))
+    response = notify(server, realm, values)
+    assert response.status_code == 200, worker.log()
+    body = response.json()
+    assert body["apple_successfully_sent_count"] == 2
+    assert body["delete_token_ids"] == [sealing.token_id_b64(sealing.token_id_int(values[0]))]
+    # The worker expires the row right after answering; the answer already reports it.
+    assert wait_until(
+        lambda: RemotePushDevice.objects.filter(expired_time__isnull=False).count() == 1, 5
+    )
+    assert wait_until(lambda: DeliveryAttempt.objects.count() == 3, 5)
+    assert "delivered to e2ee device" in worker.log()
+
+
+def test_an_outcome_not_seen_in_time_is_not_counted_and_the_delivery_still_happens(
+    worker: CeleryWorker, fake_apns: FakeApns, settings: Settings
+) -> None:
+    settings.NOTIFY_WAIT_SECONDS = 0.3
+    fake_apns.latency_ms = (1000, 1000)
+    server = make_server()
+    realm = server.add_realm()
+    devices(realm, tokens(2))
+    body = notify(server, realm, tokens(2)).json()
+    assert body["apple_successfully_sent_count"] == 0
+    assert body["delete_token_ids"] == []
+    assert wait_until(lambda: fake_apns.delivered == 2, 10), worker.log()
+
+
+def test_transient_failures_are_retried_in_the_background(
+    worker: CeleryWorker, fake_apns: FakeApns
+) -> None:
+    server = make_server()
+    realm = server.add_realm()
+    [token] = tokens(1)
+    devices(realm, [token])
+    fake_apns.script(token, Answer(503, "ServiceUnavailable"), Answer(503, "ServiceUnavailable"))
+    body = notify(server, realm, [token]).json()
+    assert body["apple_successfully_sent_count"] == 0  # the first attempt failed
+    # Backoff: 1-2 s, then 2-4 s.
+    assert wait_until(lambda: fake_apns.delivered == 1, 15), worker.log()
+    assert [r.status for r in fake_apns.requests_for(token)] == [503, 503, 200]
+    outcomes = list(DeliveryAttempt.objects.order_by("attempt").values_list("attempt", "outcome"))
+    assert outcomes == [(1, "retry"), (2, "retry"), (3, "delivered")]
+
+
+def test_a_worker_killed_mid_batch_loses_no_delivery(
+    worker_env: dict[str, str], fake_apns: FakeApns, settings: Settings
+) -> None:
+    settings.NOTIFY_WAIT_SECONDS = 0.5
+    server = make_server()
+    realm = server.add_realm()
+    values = tokens(20)
+    devices(realm, values)
+    fake_apns.latency_ms = (1500, 1500)
+    first = CeleryWorker(env=worker_env, name="doomed").start()
+    notify(server, realm, values)
+    assert wait_until(lambda: len(fake_apns.received) == 20, 10), first.log()
+    first.kill()  # mid-batch: every request is in flight, none answered, nothing acked
+    assert fake_apns.delivered == 0
+    fake_apns.latency_ms = (10, 10)
+    second = CeleryWorker(env=worker_env, name="rescuer").start()
+    try:
+        delivered = wait_until(
+            lambda: all(any(r.status == 200 for r in fake_apns.requests_for(t)) for t in values), 45
+        )
+        assert delivered, second.log()
+    finally:
+        second.stop()
+
+
+def test_two_workers_sharing_the_queue_deliver_each_notification_once(
+    worker_env: dict[str, str], fake_apns: FakeApns
+) -> None:
+    server = make_server()
+    realm = server.add_realm()
+    values = tokens(30)
+    devices(realm, values)
+    workers = [CeleryWorker(env=worker_env, name=f"w{i}").start() for i in range(2)]
+    try:
+        for chunk in range(0, 30, 3):
+            assert notify(server, realm, values[chunk : chunk + 3]).status_code == 200
+        assert wait_until(lambda: fake_apns.delivered == 30, 15)
+        time.sleep(0.5)
+        for t in values:
+            assert len(fake_apns.requests_for(t)) == 1
+    finally:
+        for w in workers:
+            w.stop()
