@@ -6,3 +6,6 @@ class BouncerConfig(AppConfig):
 
     def ready(self) -> None:
         from bouncer import checks  # noqa: F401 - registers the system checks
+        from bouncer.celery import _pin_eager_mode
+
+        _pin_eager_mode()

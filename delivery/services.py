@@ -9,6 +9,7 @@ import uuid
 from collections import defaultdict
 from typing import Any
 
+import redis
 from django.conf import settings
 from django.db.models import Q
 from kombu.exceptions import OperationalError
@@ -54,7 +55,7 @@ def _send(
     }
     try:
         enqueue_batch(batch)
-    except OperationalError as e:
+    except (OperationalError, redis.RedisError) as e:
         logger.error("Broker unreachable, notify refused: %s", e)
         raise BouncerError(
             "Push notification service temporarily unavailable, retry later",
@@ -62,9 +63,14 @@ def _send(
             status=503,
             headers={"Retry-After": "10"},
         ) from None
-    outcomes = channel.wait_for_outcomes(
-        batch_id, expected=len(deliveries), timeout=settings.NOTIFY_WAIT_SECONDS
-    )
+    try:
+        outcomes = channel.wait_for_outcomes(
+            batch_id, expected=len(deliveries), timeout=settings.NOTIFY_WAIT_SECONDS
+        )
+    except redis.RedisError as e:
+        # The batch is queued and will be delivered; answer with what is known: nothing.
+        logger.error("Batch %s: outcomes unavailable (%s); answering without them", batch_id, e)
+        outcomes = []
     if len(outcomes) < len(deliveries):
         logger.warning(
             "Batch %s: %d of %d outcomes within %.1f s; the rest finish in the background",

@@ -43,11 +43,9 @@ _local = _LocalWindows()
 
 
 @cache
-def _redis_client() -> redis.Redis | None:
-    if not settings.REDIS_URL:
-        return None
+def _redis_client(url: str) -> redis.Redis:
     return redis.Redis.from_url(
-        settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1, health_check_interval=30
+        url, socket_timeout=1, socket_connect_timeout=1, health_check_interval=30
     )
 
 
@@ -58,10 +56,10 @@ def hit(subject: str, *, limit: tuple[int, int] | None = None) -> Verdict:
     window = int(now // seconds)
     retry_after = (window + 1) * seconds - now
     key = f"bouncer:ratelimit:{subject}:{seconds}:{window}"
-    client = _redis_client()
-    if client is None:
+    if not settings.REDIS_URL:
         count = _local.hit(key, window)
     else:
+        client = _redis_client(settings.REDIS_URL)
         try:
             pipe = client.pipeline(transaction=False)
             pipe.incr(key)

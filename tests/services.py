@@ -137,6 +137,7 @@ class RedisServer:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)  # a restart after stop() reuses the port
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         self.process = subprocess.Popen(
             [

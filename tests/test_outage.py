@@ -1,0 +1,92 @@
+"""A dependency outage seen from a Zulip server: the production web process (gunicorn with
+deploy/gunicorn.conf.py) answers 503 in Zulip's envelope while the broker is down, and
+recovers by itself when it is back."""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from django.db import connection
+
+from registrations import sealing
+from registrations.models import RemotePushDevice
+from tests.conftest import make_server
+from tests.services import RedisServer, free_port, wait_for_port
+from tests.zulip_server_side import INTERNAL_SERVER_ERROR_ON_BOUNCER, e2ee_test_notification_result
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "c0ffee" * 10 + "abcd"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_broker_down_is_a_503_and_the_web_recovers_without_a_restart(tmp_path: Path) -> None:
+    server = make_server()
+    realm = server.add_realm()
+    RemotePushDevice.objects.create(
+        remote_realm=realm,
+        token=TOKEN,
+        token_kind="apns",
+        token_id=sealing.token_id_int(TOKEN),
+        ios_app_id="org.zulip.Zulip",
+    )
+    broker = RedisServer()
+    broker.start()
+    port = free_port()
+    db = connection.settings_dict
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "CELERY_BROKER_URL": broker.url,
+        "NOTIFY_WAIT_SECONDS": "0.3",
+        "GUNICORN_BIND": f"127.0.0.1:{port}",
+        "GUNICORN_WORKERS": "1",
+    }
+    log = (tmp_path / "gunicorn.log").open("wb")
+    web = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    body = {
+        "realm_uuid": str(realm.uuid),
+        "push_requests": [
+            {
+                "token_id": sealing.token_id_b64(sealing.token_id_int(TOKEN)),
+                "http_headers": {"apns_priority": 10, "apns_push_type": "alert"},
+                "payload": {"push_key_id": 1, "encrypted_data": "abc"},
+            }
+        ],
+    }
+    url = f"http://127.0.0.1:{port}/api/v1/remotes/push/e2ee/notify"
+    try:
+        wait_for_port(port, timeout=30)
+        assert (
+            httpx.post(url, json=body, auth=(server.uuid, server.key), timeout=10).status_code
+            == 200
+        )
+        broker.stop()
+        down = httpx.post(url, json=body, auth=(server.uuid, server.key), timeout=10)
+        assert down.status_code == 503, down.text
+        assert down.json()["code"] == "SERVICE_UNAVAILABLE"
+        assert down.headers["Retry-After"] == "10"
+        assert (
+            e2ee_test_notification_result(status=503, body=down.json(), requested_token_ids=[])
+            == INTERNAL_SERVER_ERROR_ON_BOUNCER
+        )
+        ready = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=10)
+        assert ready.status_code == 503
+        assert ready.json()["failed"] == ["broker unavailable"]
+        broker.start()  # same port: the web process reconnects by itself
+        up = httpx.post(url, json=body, auth=(server.uuid, server.key), timeout=10)
+        assert up.status_code == 200, up.text
+    finally:
+        web.send_signal(signal.SIGTERM)
+        web.wait(timeout=30)
+        log.close()
+        broker.stop()
