@@ -229,6 +229,8 @@ DELIVERY_RETRY_WINDOW_SECONDS = env_int("DELIVERY_RETRY_WINDOW_SECONDS", 3600)
 DELIVERY_CLAIM_SECONDS = env_int("DELIVERY_CLAIM_SECONDS", 60)
 # Days of delivery log kept; 0 turns the log off.
 DELIVERY_LOG_DAYS = env_int("DELIVERY_LOG_DAYS", 7)
+# Legacy tokens of a deactivated server are removed this many days after its deactivation.
+LEGACY_DEACTIVATED_RETENTION_DAYS = env_int("LEGACY_DEACTIVATED_RETENTION_DAYS", 30)
 # Prometheus multi-process mode (gunicorn and Celery): the directory every process writes to.
 PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR")
 
@@ -269,6 +271,10 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
 }
 CELERY_BEAT_SCHEDULE = {
     "prune-delivery-log": {"task": "delivery.prune_delivery_log", "schedule": 3600.0},
+    "cleanup-legacy-registrations": {
+        "task": "legacy.cleanup_legacy_registrations",
+        "schedule": 6 * 3600.0,
+    },
 }
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "socket_timeout": 5,

@@ -21,6 +21,7 @@ from delivery.models import DeliveryAttempt
 from delivery.payloads import ApnsPushRequest, E2EENotifyParams, LegacyNotifyParams
 from delivery.tasks import enqueue_batch
 from legacy.models import RemotePushDeviceToken
+from legacy.retirement import retire_shadowed
 from registrations.models import RemotePushDevice, RemoteRealm, RemoteZulipServer
 from registrations.realms import find_realm
 
@@ -252,6 +253,10 @@ def notify_legacy(*, server: RemoteZulipServer, params: LegacyNotifyParams) -> d
         realm = find_realm(server=server, realm_uuid=params.realm_uuid, required=False)
 
     devices = select_legacy_devices(server=server, user_id=params.user_id, user_uuid=user_uuid)
+    # A token whose phone has moved to E2EE would get every notification twice: it is
+    # retired here, before sending, and so reported in deleted_devices (FL 483's rule).
+    retired = retire_shadowed(tokens=devices)
+    devices = [d for d in devices if d.pk not in retired]
     if realm is not None:
         unlinked = [d.pk for d in devices if d.remote_realm_id is None]
         if unlinked:

@@ -3,44 +3,199 @@
 A Zulip server removes a user's legacy registration when the same token is registered for
 E2EE, through the bouncer's `push/unregister`; when that call never arrives, the phone would
 get every notification twice. The bouncer sees both registrations, so it closes the gap:
-the same server's legacy rows with the same token (APNs without case) in the same realm go
-away in the E2EE registration's own transaction. Rows without a realm are taken only when
-the server has exactly one realm, where there is no doubt which realm they belong to.
+
+- when an E2EE registration succeeds, in its own transaction (`retire_for_e2ee_device`);
+- at legacy notify time, before anything is sent (`retire_shadowed`): this is what makes a
+  double notification impossible rather than unlikely;
+- over existing data, in bounded batches (`cleanup`: the command and the periodic task),
+  which also removes the tokens of servers deactivated long enough ago.
+
+The rule: the same server's legacy rows with the same token (APNs without case, FCM
+exactly) in the same realm as an active E2EE device. Rows without a realm count only when
+the server has exactly one realm, where there is no doubt which realm they belong to. E2EE
+devices are never touched. Every removal is counted (metrics, audit log, the server's
+`legacy_tokens_retired`); tokens themselves are never logged.
 """
 
-from django.db.models import Q
-from django.db.models.functions import Lower
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from django.db import transaction
+from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
+from django.db.models.functions import MD5, Lower
+from django.utils import timezone
 
 from bouncer.metrics import LEGACY_TOKENS_RETIRED
 from legacy.models import RemotePushDeviceToken
 from registrations.models import AuditLog, RemotePushDevice, RemoteRealm, RemoteZulipServer
 
+logger = logging.getLogger(__name__)
 
-def _same_token(device: RemotePushDevice) -> Q:
-    if device.token_kind == RemotePushDevice.Kind.APNS:
-        return Q(kind=RemotePushDeviceToken.Kind.APNS, lower_token=device.token.lower())
-    return Q(kind=RemotePushDeviceToken.Kind.FCM, token=device.token)
+MOVED_TO_E2EE = "moved_to_e2ee"
+SERVER_DEACTIVATED = "server_deactivated"
+DEFAULT_BATCH_SIZE = 5000
+
+
+def _record(counts: Counter[int], *, reason: str) -> None:
+    """Count retirements per server: metrics, audit log, the server's running total."""
+    for server_id, count in counts.items():
+        if not count:
+            continue
+        LEGACY_TOKENS_RETIRED.labels(reason=reason).inc(count)
+        RemoteZulipServer.objects.filter(pk=server_id).update(
+            legacy_tokens_retired=F("legacy_tokens_retired") + count
+        )
+        AuditLog.objects.create(
+            server_id=server_id,
+            event_type=AuditLog.Event.LEGACY_TOKENS_RETIRED,
+            extra_data={"reason": reason, "count": count},
+        )
+
+
+def _single_realm_servers(server_ids: Iterable[int]) -> set[int]:
+    return set(
+        RemoteRealm.objects.filter(server_id__in=set(server_ids))
+        .values("server_id")
+        .annotate(n=Count("id"))
+        .filter(n=1)
+        .values_list("server_id", flat=True)
+    )
+
+
+def shadowed(legacy: QuerySet[RemotePushDeviceToken]) -> QuerySet[RemotePushDeviceToken]:
+    """The rows of `legacy` that an active E2EE registration of the same phone replaces."""
+    # Matched through md5(lower(token)) on both sides, which the indexes hold, then exactly.
+    active = RemotePushDevice.objects.filter(expired_time__isnull=True).annotate(
+        digest=MD5(Lower("token")), lower_token=Lower("token")
+    )
+    same_realm = Q(remote_realm=OuterRef("remote_realm"))
+    # A realm-less legacy row matches its server's only realm (callers restrict such rows
+    # to single-realm servers).
+    servers_only_realm = Q(remote_realm__server=OuterRef("server"))
+    rows = legacy.annotate(digest=MD5(Lower("token")), lower_token=Lower("token"))
+    single = _single_realm_servers(rows.values_list("server_id", flat=True))
+
+    def match(kind: int, token_match: Q) -> Q:
+        with_realm = Exists(active.filter(token_match, same_realm))
+        without_realm = Exists(active.filter(token_match, servers_only_realm))
+        return Q(kind=kind) & (
+            (Q(remote_realm__isnull=False) & Q(with_realm))
+            | (Q(remote_realm__isnull=True, server_id__in=single) & Q(without_realm))
+        )
+
+    same_digest = Q(digest=OuterRef("digest"))
+    apns = match(
+        RemotePushDeviceToken.Kind.APNS,
+        same_digest & Q(token_kind="apns", lower_token=OuterRef("lower_token")),
+    )
+    fcm = match(
+        RemotePushDeviceToken.Kind.FCM, same_digest & Q(token_kind="fcm", token=OuterRef("token"))
+    )
+    return rows.filter(apns | fcm)
 
 
 def retire_for_e2ee_device(
     *, server: RemoteZulipServer, realm: RemoteRealm, device: RemotePushDevice
 ) -> int:
-    """Delete the server's legacy rows for this device's token; returns how many."""
+    """In the E2EE registration's transaction: the server's legacy rows for this token."""
     in_realm = Q(remote_realm=realm)
     if RemoteRealm.objects.filter(server=server).count() == 1:
         in_realm |= Q(remote_realm__isnull=True)
+    if device.token_kind == RemotePushDevice.Kind.APNS:
+        same_token = Q(kind=RemotePushDeviceToken.Kind.APNS, lower_token=device.token.lower())
+    else:
+        same_token = Q(kind=RemotePushDeviceToken.Kind.FCM, token=device.token)
     deleted, _ = (
         RemotePushDeviceToken.objects.annotate(lower_token=Lower("token"))
         .filter(server=server)
         .filter(in_realm)
-        .filter(_same_token(device))
+        .filter(same_token)
         .delete()
     )
-    if deleted:
-        LEGACY_TOKENS_RETIRED.labels(reason="moved_to_e2ee").inc(deleted)
-        AuditLog.objects.create(
-            server=server,
-            event_type=AuditLog.Event.LEGACY_TOKENS_RETIRED,
-            extra_data={"reason": "moved_to_e2ee", "count": deleted, "device_id": device.device_id},
-        )
+    _record(Counter({server.pk: deleted}), reason=MOVED_TO_E2EE)
     return deleted
+
+
+def retire_shadowed(*, tokens: list[RemotePushDeviceToken]) -> set[int]:
+    """At legacy notify time: remove (and return the ids of) rows replaced by E2EE."""
+    if not tokens:
+        return set()
+    ids = set(
+        shadowed(RemotePushDeviceToken.objects.filter(pk__in=[t.pk for t in tokens])).values_list(
+            "pk", flat=True
+        )
+    )
+    if ids:
+        RemotePushDeviceToken.objects.filter(pk__in=ids).delete()
+        _record(Counter({tokens[0].server_id: len(ids)}), reason=MOVED_TO_E2EE)
+    return ids
+
+
+@dataclass
+class CleanupReport:
+    moved_to_e2ee: Counter[int] = field(default_factory=Counter)
+    server_deactivated: Counter[int] = field(default_factory=Counter)
+
+    @property
+    def total(self) -> int:
+        return sum(self.moved_to_e2ee.values()) + sum(self.server_deactivated.values())
+
+
+def _in_batches(
+    queryset: QuerySet[RemotePushDeviceToken],
+    *,
+    batch_size: int,
+    dry_run: bool,
+    counts: Counter[int],
+    reason: str,
+    select: Callable[[QuerySet[RemotePushDeviceToken]], QuerySet[RemotePushDeviceToken]],
+) -> None:
+    """Walk the table by id ranges; each batch is one short transaction."""
+    bounds = RemotePushDeviceToken.objects.order_by("id").values_list("id", flat=True)
+    first, last = (
+        bounds.first(),
+        RemotePushDeviceToken.objects.order_by("-id").values_list("id", flat=True).first(),
+    )
+    if first is None or last is None:
+        return
+    for start in range(first, last + 1, batch_size):
+        window = queryset.filter(id__gte=start, id__lt=start + batch_size)
+        with transaction.atomic():
+            rows = list(select(window).values_list("id", "server_id"))
+            if not rows:
+                continue
+            batch_counts = Counter(server_id for _, server_id in rows)
+            if not dry_run:
+                RemotePushDeviceToken.objects.filter(id__in=[i for i, _ in rows]).delete()
+                _record(batch_counts, reason=reason)
+        counts.update(batch_counts)
+
+
+def cleanup(
+    *, dry_run: bool, batch_size: int = DEFAULT_BATCH_SIZE, retention_days: int
+) -> CleanupReport:
+    """Apply the retirement rule to existing data; idempotent, safe while the service runs."""
+    report = CleanupReport()
+    _in_batches(
+        RemotePushDeviceToken.objects.all(),
+        batch_size=batch_size,
+        dry_run=dry_run,
+        counts=report.moved_to_e2ee,
+        reason=MOVED_TO_E2EE,
+        select=shadowed,
+    )
+    cutoff = timezone.now() - timedelta(days=retention_days)
+    _in_batches(
+        RemotePushDeviceToken.objects.filter(
+            server__deactivated=True, server__deactivated_at__lt=cutoff
+        ),
+        batch_size=batch_size,
+        dry_run=dry_run,
+        counts=report.server_deactivated,
+        reason=SERVER_DEACTIVATED,
+        select=lambda window: window,
+    )
+    return report

@@ -43,6 +43,8 @@ class RemoteZulipServerAdmin(ReadOnlyAdmin):
         "last_api_feature_level",
         "deactivated",
         "realm_count",
+        "legacy_remaining",
+        "legacy_tokens_retired",
     )
     list_filter = ("deactivated", "last_api_feature_level")
     search_fields = ("uuid", "hostname", "contact_email")
@@ -52,11 +54,18 @@ class RemoteZulipServerAdmin(ReadOnlyAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[RemoteZulipServer]:
         queryset: QuerySet[RemoteZulipServer] = super().get_queryset(request)
-        return queryset.annotate(realm_total=Count("realms"))
+        return queryset.annotate(
+            realm_total=Count("realms", distinct=True),
+            legacy_total=Count("legacy_tokens", distinct=True),
+        )
 
     @admin.display(description="realms", ordering="realm_total")
     def realm_count(self, server: RemoteZulipServer) -> int:
         return int(getattr(server, "realm_total", 0))
+
+    @admin.display(description="legacy tokens left", ordering="legacy_total")
+    def legacy_remaining(self, server: RemoteZulipServer) -> int:
+        return int(getattr(server, "legacy_total", 0))
 
     @admin.action(description="Deactivate selected servers")
     def deactivate(self, request: HttpRequest, queryset: QuerySet[RemoteZulipServer]) -> None:

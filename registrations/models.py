@@ -5,6 +5,7 @@ import hmac
 import secrets
 
 from django.db import models
+from django.db.models.functions import MD5, Lower
 from django.utils import timezone
 
 UUID_LENGTH = 36
@@ -47,6 +48,9 @@ class RemoteZulipServer(models.Model):
     last_merge_base = models.CharField(max_length=VERSION_MAX_LENGTH, null=True, blank=True)
     last_api_feature_level = models.PositiveIntegerField(null=True, blank=True)
     deactivated = models.BooleanField(default=False)
+    deactivated_at = models.DateTimeField(null=True, blank=True)
+    # Legacy tokens removed because their phone moved to E2EE or the server left.
+    legacy_tokens_retired = models.BigIntegerField(default=0)
 
     # The highest row ids received by analytics upload; `server/analytics/status` answers them
     # so the server sends only newer rows next time.
@@ -176,6 +180,11 @@ class RemotePushDevice(models.Model):
             models.UniqueConstraint(
                 fields=["remote_realm", "token_id"], name="unique_push_device_realm_token_id"
             )
+        ]
+        indexes = [
+            # Finding the E2EE registration of a legacy token (legacy/retirement.py); an MD5
+            # because tokens may exceed what a btree entry holds.
+            models.Index("remote_realm", MD5(Lower("token")), name="push_device_realm_digest"),
         ]
 
     def __str__(self) -> str:

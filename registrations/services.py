@@ -222,10 +222,12 @@ def add_server(*, zulip_org_id: str, key: str, hostname: str, contact_email: str
 
 def deactivate_server(*, server: RemoteZulipServer) -> None:
     with transaction.atomic():
+        now = datetime.now(UTC)
         updated = RemoteZulipServer.objects.filter(pk=server.pk, deactivated=False).update(
-            deactivated=True
+            deactivated=True, deactivated_at=now
         )
         server.deactivated = True
+        server.deactivated_at = now
         if updated:
             _audit(server, AuditLog.Event.REMOTE_SERVER_DEACTIVATED)
 
@@ -233,9 +235,10 @@ def deactivate_server(*, server: RemoteZulipServer) -> None:
 def reactivate_server(*, server: RemoteZulipServer) -> None:
     with transaction.atomic():
         updated = RemoteZulipServer.objects.filter(pk=server.pk, deactivated=True).update(
-            deactivated=False
+            deactivated=False, deactivated_at=None
         )
         server.deactivated = False
+        server.deactivated_at = None
         if updated:
             _audit(server, AuditLog.Event.REMOTE_SERVER_REACTIVATED)
 
