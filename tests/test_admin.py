@@ -117,3 +117,30 @@ def test_expired_filter_separates_devices(admin_client: Client, populated: Bounc
     assert SECRET_TOKEN[:8] not in expired.content.decode()
     active = admin_client.get("/admin/registrations/remotepushdevice/", {"expired": "no"})
     assert SECRET_TOKEN[:8] in active.content.decode()
+
+
+def test_the_delivery_log_lists_attempts_and_filters_by_outcome(
+    admin_client: Client, db: None
+) -> None:
+    import uuid
+
+    from delivery.models import DeliveryAttempt
+
+    DeliveryAttempt.objects.create(
+        batch_id=uuid.uuid4(),
+        server_id=1,
+        device_id=7,
+        protocol="e2ee",
+        provider="apns",
+        app_id="org.zulip.Zulip",
+        outcome="token_dead",
+        upstream_status=410,
+        reason="Unregistered",
+    )
+    page = admin_client.get("/admin/delivery/deliveryattempt/", {"outcome__exact": "token_dead"})
+    assert page.status_code == 200
+    row = 'class="field-reason">Unregistered'
+    assert row in page.content.decode()
+    empty = admin_client.get("/admin/delivery/deliveryattempt/", {"outcome__exact": "delivered"})
+    assert row not in empty.content.decode()
+    assert admin_client.get("/admin/delivery/deliveryattempt/add/").status_code == 403

@@ -39,3 +39,19 @@ def test_a_malformed_key_encryption_key_fails_the_start_up_checks() -> None:
     assert result.returncode != 0
     assert "bouncer.E001" in result.stderr
     assert "not-a-key" not in result.stderr + result.stdout
+
+
+@pytest.mark.django_db
+def test_metrics_count_requests_and_deliveries_in_prometheus_format() -> None:
+    from bouncer.metrics import record_delivery
+
+    Client().get("/health")
+    record_delivery(provider="apns", outcome="delivered", latency=0.04)
+    response = Client().get("/metrics")
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/plain")
+    text = response.content.decode()
+    assert 'bouncer_http_requests_total{endpoint="health",status="200"}' in text
+    assert 'bouncer_notifications_total{outcome="delivered",provider="apns"}' in text
+    assert "bouncer_upstream_latency_seconds_bucket" in text
+    assert "bouncer_queue_depth" in text
