@@ -81,6 +81,8 @@ def stack(
     postgres.start()
     redis.start()
     workdir = Path(tempfile.mkdtemp(prefix="bouncer-bench-"))
+    # One CA for this process and every process it starts (fakes, web, workers).
+    os.environ["FAKE_TLS_DIR"] = str(workdir / "tls")
     web_port, apns_port = free_port(), free_port()
     from cryptography.hazmat.primitives import serialization
 

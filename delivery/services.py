@@ -1,8 +1,6 @@
 """The notify use cases, web side: validate, select devices, hand a batch to the workers,
 wait for outcomes, answer (zulip-delivery.md sections 2-4)."""
 
-import base64
-import binascii
 import logging
 import time
 import uuid
@@ -22,6 +20,7 @@ from delivery.payloads import ApnsPushRequest, E2EENotifyParams, LegacyNotifyPar
 from delivery.tasks import enqueue_batch
 from legacy.models import RemotePushDeviceToken
 from legacy.retirement import retire_shadowed
+from registrations.devices import decode_token_id
 from registrations.models import RemotePushDevice, RemoteRealm, RemoteZulipServer
 from registrations.realms import find_realm
 
@@ -92,16 +91,6 @@ def _dead(outcome: channel.Outcome | None) -> bool:
 
 
 # --- E2EE ----------------------------------------------------------------------------------
-
-
-def decode_token_id(token_id: str) -> int:
-    try:
-        raw = base64.b64decode(token_id, validate=True)
-    except (binascii.Error, ValueError):
-        raw = b""
-    if len(raw) != 8:
-        raise BouncerError("`token_id` is not Base64 encoded")
-    return int.from_bytes(raw, "big", signed=True)
 
 
 def notify_e2ee(*, server: RemoteZulipServer, params: E2EENotifyParams) -> dict[str, Any]:

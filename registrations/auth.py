@@ -3,17 +3,13 @@
 import base64
 import binascii
 import uuid
-from datetime import timedelta
 
 from django.http import HttpRequest
-from django.utils import timezone
 
-from bouncer.errors import BouncerError, ErrorCode, unauthorized
+from bouncer.errors import BouncerError, unauthorized
 from registrations import ratelimit
 from registrations.models import RemoteZulipServer
-
-# last_request_datetime is for operators; a write per request would cost more than it tells.
-LAST_REQUEST_RESOLUTION = timedelta(seconds=30)
+from registrations.realms import touch_last_request
 
 DEACTIVATED_MESSAGE = (
     "The mobile push notification service registration for your server has been deactivated"
@@ -65,22 +61,6 @@ def authenticate_server(request: HttpRequest) -> RemoteZulipServer:
         raise unauthorized(key_mismatch_message(role))
     if server.deactivated:
         raise unauthorized(DEACTIVATED_MESSAGE)
-    verdict = ratelimit.hit(f"server:{server.pk}")
-    if not verdict.allowed:
-        raise BouncerError(
-            "API usage exceeded rate limit",
-            code=ErrorCode.RATE_LIMIT_HIT,
-            status=429,
-            data={"retry-after": round(verdict.retry_after, 3)},
-            headers={"Retry-After": ratelimit.retry_after_header(verdict.retry_after)},
-        )
+    ratelimit.enforce(f"server:{server.pk}")
     touch_last_request(server)
     return server
-
-
-def touch_last_request(server: RemoteZulipServer) -> None:
-    now = timezone.now()
-    last = server.last_request_datetime
-    if last is None or now - last >= LAST_REQUEST_RESOLUTION:
-        RemoteZulipServer.objects.filter(pk=server.pk).update(last_request_datetime=now)
-        server.last_request_datetime = now

@@ -16,6 +16,8 @@ from functools import cache
 import redis
 from django.conf import settings
 
+from bouncer.errors import BouncerError, ErrorCode
+
 logger = logging.getLogger(__name__)
 
 
@@ -75,3 +77,16 @@ def hit(subject: str, *, limit: tuple[int, int] | None = None) -> Verdict:
 
 def retry_after_header(seconds: float) -> str:
     return str(max(1, math.ceil(seconds)))
+
+
+def enforce(subject: str, *, limit: tuple[int, int] | None = None) -> None:
+    """Count a request; over the limit, Zulip's 429 RATE_LIMIT_HIT with Retry-After."""
+    verdict = hit(subject, limit=limit)
+    if not verdict.allowed:
+        raise BouncerError(
+            "API usage exceeded rate limit",
+            code=ErrorCode.RATE_LIMIT_HIT,
+            status=429,
+            data={"retry-after": round(verdict.retry_after, 3)},
+            headers={"Retry-After": retry_after_header(verdict.retry_after)},
+        )

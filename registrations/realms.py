@@ -36,9 +36,10 @@ def find_realm(*, server: RemoteZulipServer, realm_uuid: str, required: bool) ->
     return realm
 
 
-def touch_last_request(realm: RemoteRealm) -> None:
+def touch_last_request(row: RemoteRealm | RemoteZulipServer) -> None:
+    """Record a request's time on a server or realm, at most every LAST_REQUEST_RESOLUTION."""
     now = timezone.now()
-    last = realm.last_request_datetime
+    last = row.last_request_datetime
     if last is None or now - last >= LAST_REQUEST_RESOLUTION:
-        RemoteRealm.objects.filter(pk=realm.pk).update(last_request_datetime=now)
-        realm.last_request_datetime = now
+        type(row).objects.filter(pk=row.pk).update(last_request_datetime=now)
+        row.last_request_datetime = now

@@ -221,26 +221,24 @@ def add_server(*, zulip_org_id: str, key: str, hostname: str, contact_email: str
 
 
 def deactivate_server(*, server: RemoteZulipServer) -> None:
-    with transaction.atomic():
-        now = datetime.now(UTC)
-        updated = RemoteZulipServer.objects.filter(pk=server.pk, deactivated=False).update(
-            deactivated=True, deactivated_at=now
-        )
-        server.deactivated = True
-        server.deactivated_at = now
-        if updated:
-            _audit(server, AuditLog.Event.REMOTE_SERVER_DEACTIVATED)
+    _set_deactivated(server, deactivated=True, event=AuditLog.Event.REMOTE_SERVER_DEACTIVATED)
 
 
 def reactivate_server(*, server: RemoteZulipServer) -> None:
+    _set_deactivated(server, deactivated=False, event=AuditLog.Event.REMOTE_SERVER_REACTIVATED)
+
+
+def _set_deactivated(server: RemoteZulipServer, *, deactivated: bool, event: str) -> None:
+    at = datetime.now(UTC) if deactivated else None
     with transaction.atomic():
-        updated = RemoteZulipServer.objects.filter(pk=server.pk, deactivated=True).update(
-            deactivated=False, deactivated_at=None
-        )
-        server.deactivated = False
-        server.deactivated_at = None
+        # Conditional update: repeating the action changes nothing and logs nothing.
+        updated = RemoteZulipServer.objects.filter(
+            pk=server.pk, deactivated=not deactivated
+        ).update(deactivated=deactivated, deactivated_at=at)
+        server.deactivated = deactivated
+        server.deactivated_at = at
         if updated:
-            _audit(server, AuditLog.Event.REMOTE_SERVER_REACTIVATED)
+            _audit(server, event)
 
 
 # --- Analytics -----------------------------------------------------------------------------

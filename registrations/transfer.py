@@ -16,7 +16,7 @@ from django.conf import settings
 from django.core import signing
 from django.db import transaction
 
-from bouncer.errors import BouncerError, ErrorCode
+from bouncer.errors import BouncerError
 from registrations import ratelimit
 from registrations.models import AuditLog, RemoteZulipServer
 from registrations.services import new_api_key, validate_hostname
@@ -96,15 +96,7 @@ def _fetch_secret(hostname: str, access_token: str) -> object:
 
 def verify_transfer(*, hostname: str, access_token: str) -> tuple[str, str]:
     """Fetch and check the secret; on success the server gets a new key: (uuid, key)."""
-    verdict = ratelimit.hit("verify_challenge", limit=VERIFY_RATE_LIMIT)
-    if not verdict.allowed:
-        raise BouncerError(
-            "API usage exceeded rate limit",
-            code=ErrorCode.RATE_LIMIT_HIT,
-            status=429,
-            data={"retry-after": round(verdict.retry_after, 3)},
-            headers={"Retry-After": ratelimit.retry_after_header(verdict.retry_after)},
-        )
+    ratelimit.enforce("verify_challenge", limit=VERIFY_RATE_LIMIT)
     validate_hostname(hostname)
     if not ACCESS_TOKEN_RE.match(access_token):
         raise BouncerError("Invalid access_token")

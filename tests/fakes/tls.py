@@ -3,6 +3,7 @@
 The bouncer trusts it through PUSH_CA_FILE, exactly as an operator would trust a proxy's CA.
 """
 
+import os
 import ssl
 import tempfile
 from dataclasses import dataclass
@@ -31,8 +32,21 @@ class LoopbackTLS:
 
 @cache
 def loopback_tls() -> LoopbackTLS:
-    """One CA and one server certificate for 127.0.0.1 and localhost, per process."""
-    directory = Path(tempfile.mkdtemp(prefix="bouncer-tls-"))
+    """One CA and one server certificate for 127.0.0.1 and localhost.
+
+    Per process, unless FAKE_TLS_DIR names a directory: then every process that shares it
+    (the benchmark's fakes, web and workers) uses the same CA.
+    """
+    shared = os.environ.get("FAKE_TLS_DIR")
+    directory = Path(shared) if shared else Path(tempfile.mkdtemp(prefix="bouncer-tls-"))
+    files = LoopbackTLS(
+        ca_file=directory / "ca.pem",
+        cert_file=directory / "server.pem",
+        key_file=directory / "server.key",
+    )
+    if shared and files.key_file.exists():
+        return files
+    directory.mkdir(parents=True, exist_ok=True)
     ca = trustme.CA()
     server = ca.issue_cert("127.0.0.1", "localhost")
     ca_file = directory / "ca.pem"
