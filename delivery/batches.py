@@ -122,7 +122,8 @@ def process_batch(*, batch: Batch, schedule: Scheduler) -> None:
     if not to_send:
         return
 
-    worker_channel = channel.WorkerChannel()
+    relay = get_relay()
+    worker_channel = relay.channel
     report = batch["attempt"] == 1
     now = time.time()
     exhausted = give_up(attempt=batch["attempt"], now=now, give_up_at=batch["give_up_at"])
@@ -143,7 +144,7 @@ def process_batch(*, batch: Batch, schedule: Scheduler) -> None:
             report=report,
         )
 
-    results = get_relay().send_all(to_send, on_result)
+    results = relay.send_all(to_send, on_result)
 
     rows: list[tuple[dict[str, Any], SendResult, str]] = []
     dead: list[dict[str, Any]] = []

@@ -16,6 +16,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from delivery.apns import ApnsMessage, ApnsSender
+from delivery.channel import WorkerChannel
 from delivery.fcm import FcmMessage, FcmSender
 from delivery.outcomes import SendResult, Verdict
 
@@ -51,6 +52,8 @@ class Relay:
             target=self.loop.run_forever, name="delivery-loop", daemon=True
         )
         self._thread.start()
+        # One Redis connection pool for the outcomes of every batch of this process.
+        self.channel = WorkerChannel()
         # Senders are built inside the loop: their HTTP/2 clients belong to it.
         self._apns, self._fcm = asyncio.run_coroutine_threadsafe(self._build(), self.loop).result(
             timeout=30
