@@ -102,7 +102,8 @@ def main() -> None:
     with stack(apns_latency_ms=args.latency_ms, celery_processes=args.workers) as s:
         setup_django(s)
         from registrations import sealing
-        from registrations.models import RemotePushDevice, RemoteRealm, RemoteZulipServer
+        from registrations.models import RemoteRealm, RemoteZulipServer
+        from tests.conftest import add_e2ee_devices
 
         key = secrets.token_hex(32)
         server = RemoteZulipServer(uuid=uuid.uuid4(), hostname="bench.example.org")
@@ -110,16 +111,7 @@ def main() -> None:
         server.save()
         realm = RemoteRealm.objects.create(server=server, uuid=uuid.uuid4(), remote_id=2)
         tokens = [secrets.token_hex(32) for _ in range(3000)]
-        RemotePushDevice.objects.bulk_create(
-            RemotePushDevice(
-                remote_realm=realm,
-                token=t,
-                token_kind="apns",
-                token_id=sealing.token_id_int(t),
-                ios_app_id="org.zulip.Zulip",
-            )
-            for t in tokens
-        )
+        add_e2ee_devices(realm, tokens)
         bodies = [
             {
                 "realm_uuid": str(realm.uuid),

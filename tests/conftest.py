@@ -3,18 +3,21 @@
 import base64
 import json
 import secrets
+import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+from django.db import connection
 from django.test import Client
 from django.test.client import Client as DjangoClient
 from django.utils import timezone
 
-from registrations.models import RemoteRealm, RemoteZulipServer
+from registrations import sealing
+from registrations.models import RemotePushDevice, RemoteRealm, RemoteZulipServer
 
 API = "/api/v1/remotes/"
 
@@ -76,6 +79,43 @@ class ZulipServer:
         }
         defaults.update(fields)
         return RemoteRealm.objects.create(server=self.row, **defaults)
+
+
+def at_once[T](action: Callable[[], T], *, times: int) -> list[T]:
+    """Run `action` in `times` threads released together (each closes its DB connection)."""
+    barrier = threading.Barrier(times)
+    results: list[T] = []
+
+    def worker() -> None:
+        barrier.wait()
+        try:
+            results.append(action())
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(times)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def add_e2ee_devices(realm: RemoteRealm, tokens: Iterable[str]) -> None:
+    """APNs E2EE devices as a sealed registration would have stored them."""
+    RemotePushDevice.objects.bulk_create(
+        (
+            RemotePushDevice(
+                remote_realm=realm,
+                token=t,
+                token_kind="apns",
+                token_id=sealing.token_id_int(t),
+                ios_app_id="org.zulip.Zulip",
+            )
+            for t in tokens
+        ),
+        batch_size=5000,
+    )
 
 
 def make_server(*, hostname: str | None = None, **fields: Any) -> ZulipServer:

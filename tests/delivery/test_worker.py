@@ -13,7 +13,7 @@ from pytest_django.fixtures import Settings
 from delivery.models import DeliveryAttempt
 from registrations import sealing
 from registrations.models import RemotePushDevice, RemoteRealm
-from tests.conftest import ZulipServer, make_server
+from tests.conftest import ZulipServer, add_e2ee_devices, make_server
 from tests.delivery.worker import CeleryWorker
 from tests.fakes.apns import Answer, FakeApns
 
@@ -22,19 +22,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def tokens(n: int) -> list[str]:
     return [f"{i:064x}" for i in range(1, n + 1)]
-
-
-def devices(realm: RemoteRealm, values: list[str]) -> None:
-    RemotePushDevice.objects.bulk_create(
-        RemotePushDevice(
-            remote_realm=realm,
-            token=t,
-            token_kind="apns",
-            token_id=sealing.token_id_int(t),
-            ios_app_id="org.zulip.Zulip",
-        )
-        for t in values
-    )
 
 
 def notify(server: ZulipServer, realm: RemoteRealm, values: list[str]) -> Any:
@@ -82,7 +69,7 @@ def test_a_notify_is_delivered_by_the_worker_and_answered_with_its_outcomes(
     server = make_server()
     realm = server.add_realm()
     values = tokens(3)
-    devices(realm, values)
+    add_e2ee_devices(realm, values)
     fake_apns.script(values[0], Answer(410, "Unregistered"))
     response = notify(server, realm, values)
     assert response.status_code == 200, worker.log()
@@ -104,7 +91,7 @@ def test_an_outcome_not_seen_in_time_is_not_counted_and_the_delivery_still_happe
     fake_apns.latency_ms = (1000, 1000)
     server = make_server()
     realm = server.add_realm()
-    devices(realm, tokens(2))
+    add_e2ee_devices(realm, tokens(2))
     body = notify(server, realm, tokens(2)).json()
     assert body["apple_successfully_sent_count"] == 0
     assert body["delete_token_ids"] == []
@@ -117,7 +104,7 @@ def test_transient_failures_are_retried_in_the_background(
     server = make_server()
     realm = server.add_realm()
     [token] = tokens(1)
-    devices(realm, [token])
+    add_e2ee_devices(realm, [token])
     fake_apns.script(token, Answer(503, "ServiceUnavailable"), Answer(503, "ServiceUnavailable"))
     body = notify(server, realm, [token]).json()
     assert body["apple_successfully_sent_count"] == 0  # the first attempt failed
@@ -135,7 +122,7 @@ def test_a_worker_killed_mid_batch_loses_no_delivery(
     server = make_server()
     realm = server.add_realm()
     values = tokens(20)
-    devices(realm, values)
+    add_e2ee_devices(realm, values)
     fake_apns.latency_ms = (1500, 1500)
     first = CeleryWorker(env=worker_env, name="doomed").start()
     notify(server, realm, values)
@@ -159,7 +146,7 @@ def test_two_workers_sharing_the_queue_deliver_each_notification_once(
     server = make_server()
     realm = server.add_realm()
     values = tokens(30)
-    devices(realm, values)
+    add_e2ee_devices(realm, values)
     workers = [CeleryWorker(env=worker_env, name=f"w{i}").start() for i in range(2)]
     try:
         for chunk in range(0, 30, 3):

@@ -15,7 +15,7 @@ from legacy import retirement
 from legacy.models import RemotePushDeviceToken
 from registrations import keys, sealing
 from registrations.models import AuditLog, RemotePushDevice, RemoteRealm, RemoteZulipServer
-from tests.conftest import ZulipServer, make_server
+from tests.conftest import ZulipServer, add_e2ee_devices, make_server
 
 APNS = "c0ffee" * 10 + "abcd"
 FCM = "fcm-token-" + "f" * 100
@@ -224,19 +224,7 @@ def test_the_batch_command_on_100000_rows(capsys: pytest.CaptureFixture[str]) ->
         batch_size=5000,
     )
     # One phone in ten has moved to E2EE.
-    RemotePushDevice.objects.bulk_create(
-        (
-            RemotePushDevice(
-                remote_realm=realm,
-                token=t,
-                token_kind="apns",
-                token_id=sealing.token_id_int(t),
-                ios_app_id="org.zulip.Zulip",
-            )
-            for t in tokens[::10]
-        ),
-        batch_size=5000,
-    )
+    add_e2ee_devices(realm, tokens[::10])
     started = time.monotonic()
     report = retirement.cleanup(dry_run=False, batch_size=5000, retention_days=30)
     elapsed = time.monotonic() - started

@@ -1,15 +1,13 @@
 """Legacy token endpoints: register, unregister, unregister/all (spec part 1 section 3)."""
 
-import threading
 import uuid
 from typing import Any
 
 import pytest
-from django.db import connection
 
 from legacy.models import RemotePushDeviceToken
 from registrations.models import RemoteRealm
-from tests.conftest import ZulipServer, make_server
+from tests.conftest import ZulipServer, at_once, make_server
 
 APNS = "c0ffee" * 10 + "abcd"
 USER_UUID = "1e8f2d5a-7bd1-4bb1-9a33-0a4f8e3c2a11"
@@ -180,20 +178,6 @@ def test_unregister_all_removes_every_token_of_the_user(zulip_server: ZulipServe
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_identical_registrations_make_one_row() -> None:
     server = make_server()
-    statuses: list[int] = []
-    barrier = threading.Barrier(8)
-
-    def worker() -> None:
-        barrier.wait()
-        try:
-            statuses.append(register(server).status_code)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    statuses = at_once(lambda: register(server).status_code, times=8)
     assert statuses == [200] * 8
     assert RemotePushDeviceToken.objects.count() == 1

@@ -1,18 +1,16 @@
 """`POST push/e2ee/register` with payloads sealed to the bouncer's real public key (spec 4)."""
 
 import base64
-import threading
 import time
 from typing import Any
 
 import pytest
-from django.db import connection
 from nacl.public import PrivateKey
 from pytest_django.fixtures import Settings
 
 from registrations import keys, sealing
 from registrations.models import BouncerKeyPair, RemotePushDevice, RemoteRealm
-from tests.conftest import ZulipServer, make_server
+from tests.conftest import ZulipServer, at_once, make_server
 
 APNS_TOKEN = "c0ffee" * 10 + "abcd"
 FCM_TOKEN = "fcm-token-" + "x" * 140
@@ -306,20 +304,6 @@ def test_concurrent_identical_registrations_make_one_row_and_no_error() -> None:
     realm = server.add_realm()
     public = keys.generate_key().public_key
     payload = registration()
-    statuses: list[int] = []
-    barrier = threading.Barrier(8)
-
-    def worker() -> None:
-        barrier.wait()
-        try:
-            statuses.append(register(server, realm, public, payload).status_code)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    statuses = at_once(lambda: register(server, realm, public, payload).status_code, times=8)
     assert statuses == [200] * 8
     assert RemotePushDevice.objects.count() == 1
