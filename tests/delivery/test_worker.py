@@ -111,6 +111,8 @@ def test_transient_failures_are_retried_in_the_background(
     # Backoff: 1-2 s, then 2-4 s.
     assert wait_until(lambda: fake_apns.delivered == 1, 15), worker.log()
     assert [r.status for r in fake_apns.requests_for(token)] == [503, 503, 200]
+    # The attempt row is written after Apple's answer arrives: wait for it too.
+    assert wait_until(lambda: DeliveryAttempt.objects.count() == 3, 5), worker.log()
     outcomes = list(DeliveryAttempt.objects.order_by("attempt").values_list("attempt", "outcome"))
     assert outcomes == [(1, "retry"), (2, "retry"), (3, "delivered")]
 
