@@ -158,6 +158,9 @@ MIDDLEWARE = [
     "bouncer.metrics.RequestMetricsMiddleware",
     "bouncer.errors.BouncerErrorMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # The admin's static files, served by the web process itself (collected by
+    # deploy/install.sh); `make run` (DEBUG) serves them through runserver instead.
+    *([] if DEBUG else ["whitenoise.middleware.WhiteNoiseMiddleware"]),
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",

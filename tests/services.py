@@ -193,11 +193,14 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
     os.environ["BOUNCER_KEY_ENCRYPTION_KEY"] = base64.b64encode(os.urandom(32)).decode()
     os.environ["BOUNCER_VAR_DIR"] = tempfile.mkdtemp(prefix="bouncer-var-")
     os.environ["ALLOWED_HOSTS"] = "testserver,127.0.0.1,localhost"
+    # Production serves collected static files from here; the tests need it to exist only.
+    os.environ["STATIC_ROOT"] = tempfile.mkdtemp(prefix="bouncer-static-")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     while _started:
         _started.pop().stop()
-    var_dir = os.environ.get("BOUNCER_VAR_DIR")
-    if var_dir:
-        shutil.rmtree(var_dir, ignore_errors=True)
+    for name in ("BOUNCER_VAR_DIR", "STATIC_ROOT"):
+        directory = os.environ.get(name)
+        if directory:
+            shutil.rmtree(directory, ignore_errors=True)
