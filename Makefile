@@ -30,5 +30,10 @@ format: venv
 test: check
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The benchmark (bench/README.md): starts everything it needs, prints and saves a report.
+# BENCH_ARGS="--workloads e2ee-3 --seconds 4" for a quick look; see bench/run.py --help.
+bench: venv
+	cd bench && ../$(PY) run.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,8 +1,9 @@
 """Start the bouncer's production processes and its dependencies for a benchmark run.
 
 PostgreSQL and Redis come from tests/services.py (throwaway, loopback); the web is gunicorn
-with deploy/gunicorn.conf.py, the worker `celery -A bouncer worker`, and the fake APNs runs
-as its own process with injected latency. Everything stops when the run ends.
+with deploy/gunicorn.conf.py, the worker `celery -A bouncer worker` as deploy/systemd runs
+it, and the fake APNs and FCM run as their own processes with injected latency (uniform per
+response). Everything stops when the run ends.
 """
 
 import base64
@@ -31,6 +32,7 @@ class Stack:
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.names.append(name)
         log = (self.workdir / f"{name}.log").open("wb")
         self.processes.append(
             subprocess.Popen(
@@ -42,18 +44,44 @@ class Stack:
             )
         )
 
-    def cpu_seconds(self) -> dict[str, float]:
-        """User+system CPU of each spawned process and its children, from /proc."""
-        result: dict[str, float] = {}
+    names: list[str] = field(default_factory=list)
+
+    def _pids(self, role: str) -> list[int]:
+        return [
+            pid
+            for name, process in zip(self.names, self.processes, strict=True)
+            if name.startswith(role)
+            for pid in [process.pid, *_children(process.pid)]
+        ]
+
+    def cpu_seconds(self, role: str) -> float:
+        """User+system CPU of a role's processes (web, worker, apns, fcm) so far, from /proc."""
         tick = os.sysconf("SC_CLK_TCK")
-        for process in self.processes:
-            total = 0.0
-            for pid in [process.pid, *_children(process.pid)]:
-                with contextlib.suppress(OSError):
-                    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                    total += (int(fields[11]) + int(fields[12])) / tick
-            result[" ".join(process.args[1:4]) if isinstance(process.args, list) else "?"] = total
-        return result
+        total = 0.0
+        for pid in self._pids(role):
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / tick
+        return total
+
+    def peak_memory_mb(self, role: str) -> float:
+        """Sum of the peak resident memory (VmHWM) of a role's processes."""
+        total_kb = 0
+        for pid in self._pids(role):
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        total_kb += int(line.split()[1])
+        return total_kb / 1024
+
+    def delivered(self) -> int:
+        """Notifications the fakes answered 200 to, as they last wrote it (every 0.2 s)."""
+        total = 0
+        for name in ("apns-delivered", "fcm-delivered"):
+            path = self.workdir / name
+            with contextlib.suppress(OSError, ValueError):
+                total += int(path.read_text() or 0)
+        return total
 
 
 def _children(pid: int) -> list[int]:
@@ -74,7 +102,8 @@ def stack(
     web_threads: int = 32,
     celery_processes: int = 1,
     celery_threads: int = 64,
-    apns_latency_ms: str = "40-40",
+    apns_latency_ms: str = "20-60",
+    fcm_latency_ms: str = "30-80",
     with_worker: bool = True,
 ) -> Iterator[Stack]:
     postgres, redis = PostgresCluster(), RedisServer()
@@ -83,7 +112,7 @@ def stack(
     workdir = Path(tempfile.mkdtemp(prefix="bouncer-bench-"))
     # One CA for this process and every process it starts (fakes, web, workers).
     os.environ["FAKE_TLS_DIR"] = str(workdir / "tls")
-    web_port, apns_port = free_port(), free_port()
+    web_port, apns_port, fcm_port = free_port(), free_port(), free_port()
     from cryptography.hazmat.primitives import serialization
 
     from tests.fakes.apns import SigningKey
@@ -111,6 +140,9 @@ def stack(
         "APNS_TOKEN_KEY_ID": key.key_id,
         "APNS_TEAM_ID": key.team_id,
         "APNS_ENDPOINT": f"https://127.0.0.1:{apns_port}",
+        "FCM_CREDENTIALS_FILE": str(workdir / "service-account.json"),
+        "FCM_ENDPOINT": f"https://127.0.0.1:{fcm_port}",
+        "STATIC_ROOT": str(workdir),
         "PUSH_CA_FILE": str(loopback_tls().ca_file),
         "GUNICORN_BIND": f"127.0.0.1:{web_port}",
         "GUNICORN_WORKERS": str(web_workers),
@@ -120,12 +152,6 @@ def stack(
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     s = Stack(env=env, web_url=f"http://127.0.0.1:{web_port}", workdir=workdir)
     try:
-        subprocess.run(
-            [sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"],
-            cwd=ROOT,
-            env=env,
-            check=True,
-        )
         s.spawn(
             "apns",
             [
@@ -145,6 +171,34 @@ def stack(
                 "--stats-file",
                 str(workdir / "apns-delivered"),
             ],
+        )
+        s.spawn(
+            "fcm",
+            [
+                sys.executable,
+                "-m",
+                "tests.fakes.fcm",
+                "--port",
+                str(fcm_port),
+                "--latency-ms",
+                fcm_latency_ms,
+                "--service-account-file",
+                str(workdir / "service-account.json"),
+                "--stats-file",
+                str(workdir / "fcm-delivered"),
+            ],
+        )
+        wait_for_port(apns_port, timeout=30)
+        wait_for_port(fcm_port, timeout=30)
+        # The fake FCM writes the service-account file the bouncer's checks read at start.
+        deadline = time.monotonic() + 30
+        while not (workdir / "service-account.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        subprocess.run(
+            [sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"],
+            cwd=ROOT,
+            env=env,
+            check=True,
         )
         s.spawn(
             "web",
@@ -182,7 +236,6 @@ def stack(
                     ],
                 )
         wait_for_port(web_port, timeout=60)
-        wait_for_port(apns_port, timeout=30)
         time.sleep(2 if with_worker else 0.5)  # the workers connect to the broker
         yield s
     finally:
@@ -195,11 +248,6 @@ def stack(
                 process.kill()
         redis.stop()
         postgres.stop()
-
-
-def delivered_at_fake(s: Stack) -> int:
-    path = s.workdir / "apns-delivered"
-    return int(path.read_text() or 0) if path.exists() else 0
 
 
 def setup_django(s: Stack) -> None:

@@ -182,7 +182,7 @@ def main() -> None:
     parser.add_argument("--key-id", required=True)
     parser.add_argument("--team-id", required=True)
     parser.add_argument("--public-key-file", required=True, help="PEM of the .p8 key's public half")
-    parser.add_argument("--stats-file", help="written every second with the delivered count")
+    parser.add_argument("--stats-file", help="written every 0.2 s with the delivered count")
     args = parser.parse_args()
     lo, hi = (float(x) for x in args.latency_ms.split("-"))
     with open(args.public_key_file, "rb") as f:
@@ -190,7 +190,7 @@ def main() -> None:
     key = SigningKey(key_id=args.key_id, team_id=args.team_id, private_pem="", public_key=public)
     fake = FakeApns(keys=[key], latency_ms=(lo, hi)).start(args.port)
     while True:
-        time.sleep(1)
+        time.sleep(0.2)
         if args.stats_file:
             with open(args.stats_file, "w") as f:
                 f.write(str(fake.delivered))

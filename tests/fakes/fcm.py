@@ -210,7 +210,7 @@ def main() -> None:
     fake = FakeFcm(account=account, latency_ms=(lo, hi)).start(args.port)
     Path(args.service_account_file).write_text(account.file_content(fake.token_uri))
     while True:
-        time.sleep(1)
+        time.sleep(0.2)
         if args.stats_file:
             Path(args.stats_file).write_text(str(fake.delivered))
 

@@ -1,0 +1,451 @@
+"""The benchmark: `make bench` (or `.venv/bin/python bench/run.py --help`).
+
+Starts PostgreSQL, Redis, gunicorn (deploy/gunicorn.conf.py), Celery workers (as
+deploy/systemd runs them) and fake APNs (20-60 ms) and FCM (30-80 ms) servers, then drives
+the bouncer over HTTP from this process (asyncio + httpx) as many Zulip servers, at rising
+concurrency until throughput stops rising. For notify workloads the limit is measured in the
+same run: our APNs and FCM senders straight to the same fakes, same notifications in flight.
+
+Prints a Markdown report and writes it to bench/results/.
+"""
+
+import argparse
+import asyncio
+import datetime
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+from harness import ROOT, Stack, percentile, setup_django, stack
+from workloads import Request, Tenant
+
+WORKLOADS = ["e2ee-1", "e2ee-3", "e2ee-10", "legacy-2", "register", "mixed"]
+
+
+@dataclass
+class Point:
+    workload: str
+    concurrency: int
+    seconds: float
+    requests_per_second: float
+    delivered_per_second: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    errors: Counter[str]
+    cpu_web: float
+    cpu_worker: float
+    mem_web: float
+    mem_worker: float
+    limit: float | None = None
+
+    @property
+    def throughput(self) -> float:
+        return self.delivered_per_second or self.requests_per_second
+
+
+async def drive(
+    s: Stack,
+    requests: Iterator[Request],
+    *,
+    concurrency: int | None,
+    rate: float | None = None,
+    seconds: float,
+) -> tuple[int, list[float], Counter[str], float]:
+    """Closed loop (`concurrency` clients) or open loop (`rate` requests per second)."""
+    latencies: list[float] = []
+    errors: Counter[str] = Counter()
+    done = 0
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
+    base = f"{s.web_url}/api/v1/remotes/"
+    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+
+        async def one(request: Request) -> None:
+            nonlocal done
+            method, path, auth, body, form = request
+            started = time.perf_counter()
+            try:
+                response = await client.request(
+                    method, base + path, auth=auth, json=body, data=form
+                )
+            except httpx.HTTPError as e:
+                errors[type(e).__name__] += 1
+                return
+            latencies.append(time.perf_counter() - started)
+            done += 1
+            if response.status_code != 200:
+                errors[str(response.status_code)] += 1
+
+        started = time.perf_counter()
+        deadline = started + seconds
+        if rate is not None:
+            tasks = []
+            n = 0
+            while (now := time.perf_counter()) < deadline:
+                due = started + n / rate
+                if due > now:
+                    await asyncio.sleep(due - now)
+                tasks.append(asyncio.create_task(one(next(requests))))
+                n += 1
+            await asyncio.gather(*tasks)
+        else:
+            assert concurrency is not None
+
+            async def client_loop() -> None:
+                while time.perf_counter() < deadline:
+                    await one(next(requests))
+
+            await asyncio.gather(*(client_loop() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return done, latencies, errors, elapsed
+
+
+def measure(
+    s: Stack,
+    workload: str,
+    requests: Iterator[Request],
+    *,
+    concurrency: int,
+    seconds: float,
+    rate: float | None = None,
+) -> Point:
+    time.sleep(0.5)  # whatever came before (a raw-limit run) has been counted
+    delivered_before = s.delivered()
+    cpu_before = (s.cpu_seconds("web"), s.cpu_seconds("worker"))
+    done, latencies, errors, elapsed = asyncio.run(
+        drive(s, requests, concurrency=None if rate else concurrency, rate=rate, seconds=seconds)
+    )
+    time.sleep(1.5)  # late deliveries land; the fakes write their counts every 0.2 s
+    delivered = s.delivered() - delivered_before
+    return Point(
+        workload=f"{workload} at {rate:,.0f} req/s" if rate else workload,
+        concurrency=concurrency,
+        seconds=elapsed,
+        requests_per_second=done / elapsed,
+        delivered_per_second=delivered / elapsed,
+        p50_ms=percentile(latencies, 50) * 1000,
+        p95_ms=percentile(latencies, 95) * 1000,
+        p99_ms=percentile(latencies, 99) * 1000,
+        errors=errors,
+        cpu_web=s.cpu_seconds("web") - cpu_before[0],
+        cpu_worker=s.cpu_seconds("worker") - cpu_before[1],
+        mem_web=s.peak_memory_mb("web"),
+        mem_worker=s.peak_memory_mb("worker"),
+    )
+
+
+async def _raw_limit(tenants: list[Tenant], devices: int, in_flight: int, seconds: float) -> float:
+    """Our senders alone, straight to the fakes: the ceiling the bouncer is compared with."""
+    from delivery.apns import ApnsMessage, ApnsSender
+    from delivery.fcm import FcmMessage, FcmSender
+
+    apns, fcm = ApnsSender(), FcmSender()
+    tokens = [t for tenant in tenants for t in tenant.e2ee_tokens]
+    sent = 0
+    deadline = time.perf_counter() + seconds
+    payload = {"push_key_id": 1, "encrypted_data": "x" * 240}
+
+    async def loop(n: int) -> None:
+        nonlocal sent
+        i = n
+        while time.perf_counter() < deadline:
+            kind, token = tokens[i % len(tokens)]
+            if kind == "apns":
+                await apns.send(
+                    ApnsMessage(
+                        token=token,
+                        app_id="org.zulip.Zulip",
+                        payload=payload,
+                        priority=10,
+                        push_type="alert",
+                        expiration=None,
+                    )
+                )
+            else:
+                await fcm.send(
+                    FcmMessage(
+                        token=token,
+                        data={"push_key_id": "1", "encrypted_data": "x" * 240},
+                        priority="high",
+                    )
+                )
+            sent += 1
+            i += in_flight
+
+    await loop(0)  # connections and tokens first, outside the timed part
+    sent = 0
+    deadline = time.perf_counter() + seconds
+    started = time.perf_counter()
+    await asyncio.gather(*(loop(n) for n in range(in_flight)))
+    rate = sent / (time.perf_counter() - started)
+    await apns.close()
+    await fcm.close()
+    return rate
+
+
+def raw_limit(tenants: list[Tenant], devices: int, in_flight: int, seconds: float) -> float:
+    return asyncio.run(_raw_limit(tenants, devices, in_flight, seconds))
+
+
+def requests_for(workload: str, tenants: list[Tenant], public_key: str) -> Iterator[Request]:
+    import workloads
+
+    if workload.startswith("e2ee-"):
+        return workloads.e2ee_notify(tenants, int(workload.split("-")[1]))
+    if workload == "legacy-2":
+        return workloads.legacy_notify(tenants)
+    if workload == "register":
+        return workloads.e2ee_registrations(tenants, public_key, 3000)
+    if workload == "mixed":
+        return workloads.mixed(tenants, public_key)
+    raise ValueError(workload)
+
+
+def devices_per_request(workload: str) -> int:
+    if workload.startswith("e2ee-"):
+        return int(workload.split("-")[1])
+    return {"legacy-2": 2, "mixed": 3}.get(workload, 0)
+
+
+def fmt_errors(errors: Counter[str]) -> str:
+    return ", ".join(f"{k} x{v}" for k, v in sorted(errors.items())) or "0"
+
+
+def point_row(p: Point) -> str:
+    per = p.delivered_per_second or p.requests_per_second
+    total = per * p.seconds
+    cpu_ms = (p.cpu_web + p.cpu_worker) / total * 1000 if total else float("nan")
+    limit = f"{p.limit:,.0f}" if p.limit else "-"
+    ratio = f"{p.delivered_per_second / p.limit:.0%}" if p.limit else "-"
+    return (
+        f"| {p.workload} | {p.concurrency or 'open loop'} | {p.requests_per_second:,.0f} | "
+        f"{p.delivered_per_second:,.0f} | {p.p50_ms:,.0f} / {p.p95_ms:,.0f} / {p.p99_ms:,.0f} | "
+        f"{fmt_errors(p.errors)} | {p.cpu_web:.1f} / {p.cpu_worker:.1f} ({cpu_ms:.1f} ms) | "
+        f"{p.mem_web:,.0f} / {p.mem_worker:,.0f} | {limit} | {ratio} |"
+    )
+
+
+HEADER = (
+    "| workload | in flight | req/s | delivered/s | latency p50 / p95 / p99 ms | errors | "
+    "CPU s web / worker (per item) | peak MB web / worker | raw limit/s | ratio |\n"
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+)
+
+
+def ladder(
+    s: Stack,
+    workload: str,
+    tenants: list[Tenant],
+    public_key: str,
+    concurrencies: list[int],
+    seconds: float,
+    with_limit: bool,
+    out: list[str],
+) -> Point:
+    """Rising concurrency until throughput stops rising (less than 5% more)."""
+    requests = requests_for(workload, tenants, public_key)
+    best: Point | None = None
+    for concurrency in concurrencies:
+        point = measure(s, workload, requests, concurrency=concurrency, seconds=seconds)
+        devices = devices_per_request(workload)
+        if with_limit and devices:
+            point.limit = raw_limit(tenants, devices, concurrency * devices, seconds / 2)
+        out.append(point_row(point))
+        print(out[-1], flush=True)
+        if best is not None and point.throughput < best.throughput * 1.05:
+            break
+        if best is None or point.throughput > best.throughput:
+            best = point
+    assert best is not None
+    return best
+
+
+def half_load_latency(
+    s: Stack, workload: str, tenants: list[Tenant], saturated: Point, seconds: float
+) -> Point:
+    """Open loop at half of the saturation throughput: the latency a user sees normally."""
+    rate = saturated.requests_per_second / 2
+    return measure(
+        s,
+        workload,
+        requests_for(workload, tenants, ""),
+        concurrency=0,
+        rate=rate,
+        seconds=seconds,
+    )
+
+
+def bouncer_public_key() -> str:
+    from registrations import keys
+
+    pair = keys.active_key() or keys.generate_key()
+    return pair.public_key
+
+
+def run_main(args: argparse.Namespace) -> list[str]:
+    out: list[str] = []
+    started = datetime.datetime.now(datetime.UTC)
+    out.append(f"# Benchmark run {started:%Y-%m-%d %H:%M} UTC\n")
+    out.append(
+        f"`{' '.join(['bench/run.py', *sys.argv[1:]])}`; APNs latency {args.apns_latency} ms, "
+        f"FCM {args.fcm_latency} ms; {args.workers} worker process(es) x {args.threads} threads; "
+        f"gunicorn {args.web_workers} x {args.web_threads}; {args.seconds:g} s per point.\n"
+    )
+    with stack(
+        apns_latency_ms=args.apns_latency,
+        fcm_latency_ms=args.fcm_latency,
+        celery_processes=args.workers,
+        celery_threads=args.threads,
+        web_workers=args.web_workers,
+        web_threads=args.web_threads,
+    ) as s:
+        setup_django(s)
+        import workloads
+
+        tenants = workloads.create_tenants(
+            servers=args.servers, e2ee_per_server=600, legacy_users=100
+        )
+        public_key = bouncer_public_key()
+        # Connections, JWTs and OAuth tokens first.
+        measure(s, "warm-up", requests_for("e2ee-3", tenants, ""), concurrency=4, seconds=2)
+        out.append("## Throughput at rising concurrency\n")
+        out.append(HEADER)
+        print("\n".join(out), flush=True)
+        saturation: dict[str, Point] = {}
+        for workload in args.workloads:
+            saturation[workload] = ladder(
+                s, workload, tenants, public_key, args.concurrency, args.seconds, True, out
+            )
+        if args.half_load:
+            out.append("\n## Latency at half the saturation load (open loop)\n")
+            out.append(HEADER)
+            for workload in args.half_load:
+                if workload not in saturation:
+                    continue
+                point = half_load_latency(s, workload, tenants, saturation[workload], args.seconds)
+                out.append(point_row(point))
+                print(out[-1], flush=True)
+        if args.overload:
+            out.append("\n## Above saturation\n")
+            out.append(HEADER)
+            for workload in args.overload:
+                concurrency = (
+                    saturation[workload].concurrency * 4 if workload in saturation else 256
+                )
+                point = measure(
+                    s,
+                    workload,
+                    requests_for(workload, tenants, public_key),
+                    concurrency=concurrency,
+                    seconds=args.seconds,
+                )
+                out.append(point_row(point))
+                print(out[-1], flush=True)
+    return out
+
+
+def run_rows(args: argparse.Namespace) -> list[str]:
+    """Cost of a notify as the device table grows; the look-up's query plan at each size."""
+    import workloads
+
+    out = ["\n## Device look-up as the table grows\n"]
+    with stack(
+        apns_latency_ms=args.apns_latency,
+        fcm_latency_ms=args.fcm_latency,
+        celery_processes=args.workers,
+        celery_threads=args.threads,
+        web_workers=args.web_workers,
+        web_threads=args.web_threads,
+    ) as s:
+        setup_django(s)
+        from registrations import sealing
+
+        tenants = workloads.create_tenants(servers=4, e2ee_per_server=600, legacy_users=100)
+        rows_table = [HEADER.replace("| workload |", "| devices in table |", 1)]
+        plans: list[str] = []
+        for rows in args.rows:
+            workloads.add_filler_devices(rows)
+            point = measure(
+                s,
+                f"{rows:,}",
+                requests_for("e2ee-3", tenants, ""),
+                concurrency=args.concurrency[-1] if args.concurrency else 16,
+                seconds=args.seconds,
+            )
+            rows_table.append(point_row(point).replace("| e2ee-3 |", f"| {rows:,} |", 1))
+            print(rows_table[-1], flush=True)
+            token_ids = [sealing.token_id_int(t) for _, t in tenants[0].e2ee_tokens[:3]]
+            plan = workloads.device_lookup_plan(tenants[0].realm_uuid, token_ids)
+            legacy_plan = workloads.legacy_lookup_plan(tenants[0], tenants[0].legacy_users[0])
+            plans.append(
+                f"### {rows:,} E2EE devices\n\nE2EE notify look-up:\n\n```\n{plan}\n```\n\n"
+                f"Legacy notify look-up:\n\n```\n{legacy_plan}\n```\n"
+            )
+        out += rows_table
+        out.append("")
+        out += plans
+    return out
+
+
+def run_scaling(args: argparse.Namespace) -> list[str]:
+    out = ["\n## Worker processes\n", HEADER.replace("| workload |", "| worker processes |", 1)]
+    for workers in args.scaling:
+        with stack(
+            apns_latency_ms=args.apns_latency,
+            fcm_latency_ms=args.fcm_latency,
+            celery_processes=workers,
+            celery_threads=args.threads,
+            web_workers=args.web_workers,
+            web_threads=args.web_threads,
+        ) as s:
+            setup_django(s)
+            import workloads
+
+            tenants = workloads.create_tenants(servers=4, e2ee_per_server=600, legacy_users=0)
+            requests = requests_for("e2ee-3", tenants, "")
+            measure(s, "warm-up", requests, concurrency=4, seconds=2)
+            point = measure(
+                s, "e2ee-3", requests, concurrency=args.concurrency[-1], seconds=args.seconds
+            )
+            out.append(point_row(point).replace("| e2ee-3 |", f"| {workers} |", 1))
+            print(out[-1], flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workloads", nargs="*", default=WORKLOADS, choices=WORKLOADS)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[4, 16, 64, 128])
+    parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--servers", type=int, default=20, help="Zulip servers sending")
+    parser.add_argument("--apns-latency", default="20-60")
+    parser.add_argument("--fcm-latency", default="30-80")
+    parser.add_argument("--workers", type=int, default=1, help="Celery worker processes")
+    parser.add_argument("--threads", type=int, default=64, help="threads per worker process")
+    parser.add_argument("--web-workers", type=int, default=2)
+    parser.add_argument("--web-threads", type=int, default=32)
+    parser.add_argument("--half-load", nargs="*", default=["e2ee-3"], choices=WORKLOADS)
+    parser.add_argument("--overload", nargs="*", default=["e2ee-3"], choices=WORKLOADS)
+    parser.add_argument("--scaling", type=int, nargs="*", default=[], help="e.g. 1 2 4")
+    parser.add_argument("--rows", type=int, nargs="*", default=[], help="e.g. 10000 1000000")
+    args = parser.parse_args()
+
+    out: list[str] = []
+    if args.workloads:
+        out += run_main(args)
+    if args.scaling:
+        out += run_scaling(args)
+    if args.rows:
+        out += run_rows(args)
+    results = ROOT / "bench" / "results"
+    results.mkdir(exist_ok=True)
+    path = results / f"{datetime.datetime.now(datetime.UTC):%Y%m%d-%H%M%S}.md"
+    path.write_text("\n".join(out) + "\n")
+    print(f"\nReport written to {path.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,282 @@
+"""What the load generator sends, and the data it needs in the bouncer's database.
+
+Requests are built as Zulip servers build them (zulip-delivery.md, zulip-registration.md):
+E2EE notify with N devices (APNs and FCM alternating), legacy notify for a user with one
+APNs and one FCM token, sealed E2EE registrations, analytics uploads. Many servers, one realm
+each; a request goes out as one of them, in turn.
+"""
+
+import base64
+import itertools
+import json
+import os
+import random
+import secrets
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import connection
+
+# A request for the load generator: (method, path, auth, json body or form).
+Request = tuple[str, str, tuple[str, str], dict[str, Any] | None, dict[str, str] | None]
+
+APNS_PAYLOAD = {
+    "alert": {"title": "King Hamlet", "body": "hi"},
+    "sound": "default",
+    "badge": 0,
+    "custom": {"zulip": {"message_ids": [45], "sender_id": 8, "user_id": 10}},
+}
+GCM_PAYLOAD = {"user_id": 10, "event": "message", "zulip_message_id": 45, "content": "hi"}
+
+
+@dataclass
+class Tenant:
+    """One Zulip server with one realm and its devices."""
+
+    uuid: str
+    key: str
+    realm_uuid: str
+    e2ee_tokens: list[tuple[str, str]] = field(default_factory=list)  # (kind, token)
+    legacy_users: list[int] = field(default_factory=list)
+
+    @property
+    def auth(self) -> tuple[str, str]:
+        return (self.uuid, self.key)
+
+
+def create_tenants(*, servers: int, e2ee_per_server: int, legacy_users: int) -> list[Tenant]:
+    """Servers, realms and devices, written straight to the database (fast, not measured)."""
+    from legacy.models import RemotePushDeviceToken
+    from registrations import sealing
+    from registrations.models import RemotePushDevice, RemoteRealm, RemoteZulipServer
+
+    tenants: list[Tenant] = []
+    for n in range(servers):
+        key = secrets.token_hex(32)
+        server = RemoteZulipServer(uuid=uuid.uuid4(), hostname=f"zulip{n}.bench.example.org")
+        server.set_api_key(key)
+        server.save()
+        realm = RemoteRealm.objects.create(server=server, uuid=uuid.uuid4(), remote_id=2)
+        tenant = Tenant(uuid=str(server.uuid), key=key, realm_uuid=str(realm.uuid))
+        devices = []
+        for i in range(e2ee_per_server):
+            kind = "apns" if i % 2 == 0 else "fcm"
+            token = secrets.token_hex(32) if kind == "apns" else f"fcm-{secrets.token_hex(70)}"
+            tenant.e2ee_tokens.append((kind, token))
+            devices.append(
+                RemotePushDevice(
+                    remote_realm=realm,
+                    token=token,
+                    token_kind=kind,
+                    token_id=sealing.token_id_int(token),
+                    ios_app_id="org.zulip.Zulip" if kind == "apns" else None,
+                )
+            )
+        RemotePushDevice.objects.bulk_create(devices, batch_size=5000)
+        legacy = []
+        for user_id in range(100, 100 + legacy_users):
+            tenant.legacy_users.append(user_id)
+            legacy.append(
+                RemotePushDeviceToken(
+                    server=server,
+                    remote_realm=realm,
+                    user_id=user_id,
+                    kind=RemotePushDeviceToken.Kind.APNS,
+                    token=secrets.token_hex(32),
+                    ios_app_id="org.zulip.Zulip",
+                )
+            )
+            legacy.append(
+                RemotePushDeviceToken(
+                    server=server,
+                    remote_realm=realm,
+                    user_id=user_id,
+                    kind=RemotePushDeviceToken.Kind.FCM,
+                    token=f"fcm-{secrets.token_hex(70)}",
+                )
+            )
+        RemotePushDeviceToken.objects.bulk_create(legacy, batch_size=5000)
+        tenants.append(tenant)
+    return tenants
+
+
+def legacy_tokens(tenant: Tenant, user_id: int) -> tuple[list[str], list[str]]:
+    from legacy.models import RemotePushDeviceToken
+
+    rows = RemotePushDeviceToken.objects.filter(server__uuid=tenant.uuid, user_id=user_id)
+    apple = [r.token for r in rows if r.kind == RemotePushDeviceToken.Kind.APNS]
+    android = [r.token for r in rows if r.kind == RemotePushDeviceToken.Kind.FCM]
+    return apple, android
+
+
+def e2ee_notify(tenants: list[Tenant], devices: int) -> Iterator[Request]:
+    from registrations import sealing
+
+    def item(kind: str, token: str) -> dict[str, Any]:
+        token_id = sealing.token_id_b64(sealing.token_id_int(token))
+        payload = {"push_key_id": 1, "encrypted_data": base64.b64encode(os.urandom(180)).decode()}
+        if kind == "apns":
+            return {
+                "token_id": token_id,
+                "http_headers": {"apns_priority": 10, "apns_push_type": "alert"},
+                "payload": payload,
+            }
+        return {"token_id": token_id, "fcm_priority": "high", "payload": payload}
+
+    bodies: list[Request] = []
+    for tenant in tenants:
+        tokens = tenant.e2ee_tokens
+        for start in range(0, len(tokens) - devices + 1, devices):
+            body = {
+                "realm_uuid": tenant.realm_uuid,
+                "push_requests": [item(k, t) for k, t in tokens[start : start + devices]],
+            }
+            bodies.append(("POST", "push/e2ee/notify", tenant.auth, body, None))
+    random.shuffle(bodies)
+    return itertools.cycle(bodies)
+
+
+def legacy_notify(tenants: list[Tenant]) -> Iterator[Request]:
+    bodies: list[Request] = []
+    for tenant in tenants:
+        for user_id in tenant.legacy_users:
+            apple, android = legacy_tokens(tenant, user_id)
+            body = {
+                "user_id": user_id,
+                "realm_uuid": tenant.realm_uuid,
+                "apns_payload": APNS_PAYLOAD,
+                "gcm_payload": GCM_PAYLOAD,
+                "gcm_options": {"priority": "high"},
+                "apple_devices": apple,
+                "android_devices": android,
+            }
+            bodies.append(("POST", "push/notify", tenant.auth, body, None))
+    random.shuffle(bodies)
+    return itertools.cycle(bodies)
+
+
+def e2ee_registrations(tenants: list[Tenant], public_key: str, count: int) -> Iterator[Request]:
+    """New devices, sealed to the bouncer's public key as a phone seals them."""
+    from registrations import sealing
+
+    def forms() -> Iterator[Request]:
+        for tenant in itertools.cycle(tenants):
+            token = secrets.token_hex(32)
+            registration = {
+                "token": token,
+                "token_kind": "apns",
+                "ios_app_id": "org.zulip.Zulip",
+                "timestamp": int(time.time()),
+            }
+            form = {
+                "realm_uuid": tenant.realm_uuid,
+                "token_id": sealing.token_id_b64(sealing.token_id_int(token)),
+                "encrypted_push_registration": sealing.seal_registration(registration, public_key),
+                "bouncer_public_key": public_key,
+            }
+            yield ("POST", "push/e2ee/register", tenant.auth, None, form)
+
+    # Sealed ahead of time: the load generator's CPU goes to sending, not to sealing.
+    return itertools.cycle(list(itertools.islice(forms(), count)))
+
+
+def analytics_upload(tenant: Tenant) -> Request:
+    realm = {
+        "id": 2,
+        "host": "chat.example.org",
+        "url": "https://chat.example.org",
+        "name": "Bench",
+        "org_type": 0,
+        "date_created": time.time(),
+        "deactivated": False,
+        "is_system_bot_realm": False,
+        "authentication_methods": {"Email": True},
+        "uuid": tenant.realm_uuid,
+        "uuid_owner_secret": "zuliprealm_secret",
+    }
+    data = {
+        "realm_counts": [],
+        "installation_counts": [],
+        "realmauditlog_rows": [],
+        "realms": [realm],
+        "version": "12.0",
+        "merge_base": "12.0",
+        "api_feature_level": 483,
+    }
+    form = {k: json.dumps(v) for k, v in data.items()}
+    return ("POST", "server/analytics", tenant.auth, None, form)
+
+
+def mixed(tenants: list[Tenant], public_key: str) -> Iterator[Request]:
+    """Zulip's proportions, roughly: mostly notify, some registrations, rare analytics."""
+    notify = e2ee_notify(tenants, 3)
+    legacy = legacy_notify(tenants)
+    registrations = e2ee_registrations(tenants, public_key, 2000)
+    uploads = itertools.cycle([analytics_upload(t) for t in tenants])
+    choices: list[tuple[float, Callable[[], Request]]] = [
+        (0.70, lambda: next(notify)),
+        (0.20, lambda: next(legacy)),
+        (0.09, lambda: next(registrations)),
+        (0.01, lambda: next(uploads)),
+    ]
+    while True:
+        roll, total = random.random(), 0.0
+        for weight, make in choices:
+            total += weight
+            if roll < total:
+                yield make()
+                break
+        else:
+            yield choices[0][1]()
+
+
+def device_lookup_plan(realm_uuid: str, token_ids: list[int]) -> str:
+    """EXPLAIN ANALYZE of the notify path's device look-up, as the service issues it."""
+    from django.db.models import Q
+
+    from registrations.models import RemotePushDevice, RemoteRealm
+
+    realm = RemoteRealm.objects.get(uuid=realm_uuid)
+    query = RemotePushDevice.objects.filter(remote_realm=realm, expired_time__isnull=True).filter(
+        Q(token_id__in=token_ids) | Q(device_id__in=[])
+    )
+    return query.explain(analyze=True)
+
+
+def legacy_lookup_plan(tenant: Tenant, user_id: int) -> str:
+    from legacy.models import RemotePushDeviceToken
+
+    query = RemotePushDeviceToken.objects.filter(server__uuid=tenant.uuid, user_id=user_id)
+    return query.explain(analyze=True)
+
+
+def add_filler_devices(rows: int) -> None:
+    """Grow the device table to `rows` E2EE devices in other realms (SQL, seconds per million)."""
+    from registrations.models import RemotePushDevice, RemoteRealm, RemoteZulipServer
+
+    current = RemotePushDevice.objects.count()
+    if current >= rows:
+        return
+    server = RemoteZulipServer(uuid=uuid.uuid4(), hostname=f"filler{uuid.uuid4().hex[:6]}.example")
+    server.set_api_key(secrets.token_hex(32))
+    server.save()
+    realms = [
+        RemoteRealm.objects.create(server=server, uuid=uuid.uuid4(), remote_id=i) for i in range(10)
+    ]
+    table = RemotePushDevice._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            INSERT INTO {table} (remote_realm_id, token, token_kind, token_id, ios_app_id,
+                                 created, last_registered)
+            SELECT %s[1 + (n % 10)], md5(n::text || random()::text) || md5(n::text),
+                   'apns', (random() * 9e18)::bigint, 'org.zulip.Zulip', now(), now()
+            FROM generate_series(1, %s) AS n
+            ON CONFLICT DO NOTHING
+            """,  # noqa: S608 - the table name comes from the model, the values are parameters
+            [[r.pk for r in realms], rows - current],
+        )
+        cursor.execute(f"ANALYZE {table}")
