@@ -12,6 +12,7 @@ Prints a Markdown report and writes it to bench/results/.
 import argparse
 import asyncio
 import datetime
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -391,27 +392,43 @@ def run_rows(args: argparse.Namespace) -> list[str]:
 
 
 def run_scaling(args: argparse.Namespace) -> list[str]:
+    """e2ee-3 at the top concurrency with 1, 2, 4... worker processes, each in a fresh stack.
+
+    Each configuration runs in its own child process: Django binds a process to one database.
+    """
     out = ["\n## Worker processes\n", HEADER.replace("| workload |", "| worker processes |", 1)]
     for workers in args.scaling:
-        with stack(
-            apns_latency_ms=args.apns_latency,
-            fcm_latency_ms=args.fcm_latency,
-            celery_processes=workers,
-            celery_threads=args.threads,
-            web_workers=args.web_workers,
-            web_threads=args.web_threads,
-        ) as s:
-            setup_django(s)
-            import workloads
-
-            tenants = workloads.create_tenants(servers=4, e2ee_per_server=600, legacy_users=0)
-            requests = requests_for("e2ee-3", tenants, "")
-            measure(s, "warm-up", requests, concurrency=4, seconds=2)
-            point = measure(
-                s, "e2ee-3", requests, concurrency=args.concurrency[-1], seconds=args.seconds
-            )
-            out.append(point_row(point).replace("| e2ee-3 |", f"| {workers} |", 1))
-            print(out[-1], flush=True)
+        child = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--workloads",
+                "e2ee-3",
+                "--concurrency",
+                str(args.concurrency[-1]),
+                "--seconds",
+                str(args.seconds),
+                "--servers",
+                str(args.servers),
+                "--workers",
+                str(workers),
+                "--threads",
+                str(args.threads),
+                "--apns-latency",
+                args.apns_latency,
+                "--fcm-latency",
+                args.fcm_latency,
+                "--half-load",
+                "--overload",
+                "--no-report",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        [row] = [line for line in child.stdout.splitlines() if line.startswith("| e2ee-3 |")]
+        out.append(row.replace("| e2ee-3 |", f"| {workers} |", 1))
+        print(out[-1], flush=True)
     return out
 
 
@@ -431,7 +448,10 @@ def main() -> None:
     parser.add_argument("--overload", nargs="*", default=["e2ee-3"], choices=WORKLOADS)
     parser.add_argument("--scaling", type=int, nargs="*", default=[], help="e.g. 1 2 4")
     parser.add_argument("--rows", type=int, nargs="*", default=[], help="e.g. 10000 1000000")
+    parser.add_argument("--no-report", action="store_true", help="print only")
     args = parser.parse_args()
+    if args.rows and (args.workloads or args.scaling):
+        parser.error("--rows runs on its own (it grows the device table)")
 
     out: list[str] = []
     if args.workloads:
@@ -440,6 +460,8 @@ def main() -> None:
         out += run_scaling(args)
     if args.rows:
         out += run_rows(args)
+    if args.no_report:
+        return
     results = ROOT / "bench" / "results"
     results.mkdir(exist_ok=True)
     path = results / f"{datetime.datetime.now(datetime.UTC):%Y%m%d-%H%M%S}.md"
