@@ -7,7 +7,8 @@ from typing import Any
 
 from django.apps import AppConfig
 from django.conf import settings
-from django.core.checks import CheckMessage, Error, register
+from django.core.checks import CheckMessage, Error, Tags, register
+from django.db import DatabaseError
 
 
 def _decodes_to_32_bytes(value: str) -> bool:
@@ -49,3 +50,41 @@ def check_push_credentials(
     from delivery.credentials import check_credentials
 
     return [Error(problem, id="bouncer.E003") for problem in check_credentials()]
+
+
+@register()
+def check_redis_for_outcomes(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    if settings.CELERY_BROKER_URL and not settings.REDIS_URL:
+        return [
+            Error(
+                "CELERY_BROKER_URL is not Redis, and REDIS_URL is not set: delivery outcomes, "
+                "claims and rate limits need Redis (set REDIS_URL=redis://...).",
+                id="bouncer.E005",
+            )
+        ]
+    return []
+
+
+@register(Tags.database)
+def check_bouncer_keys_open(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """Runs with `migrate` (bouncer-migrate.service) and `check --database default`."""
+    if not _decodes_to_32_bytes(settings.BOUNCER_KEY_ENCRYPTION_KEY):
+        return []  # E001 already says so
+    from registrations.keys import unopenable_keys
+
+    try:
+        broken = unopenable_keys()
+    except DatabaseError:
+        return []  # before the first migration there is nothing to open
+    return [
+        Error(
+            f"Bouncer key pair {public} cannot be opened with BOUNCER_KEY_ENCRYPTION_KEY: it "
+            "is not the key that sealed it (restored without the right key?).",
+            id="bouncer.E004",
+        )
+        for public in broken
+    ]

@@ -8,6 +8,8 @@ from django.conf import settings
 from django.db import DatabaseError, connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
+from kombu import Connection
+from kombu.exceptions import OperationalError
 
 logger = logging.getLogger(__name__)
 
@@ -33,13 +35,25 @@ def _database_ok() -> str | None:
 
 
 def _broker_ok() -> str | None:
-    if not settings.REDIS_URL:
+    if not settings.CELERY_BROKER_URL:
         return None  # tasks run in-process (make run): nothing to reach
+    if settings.CELERY_BROKER_URL == settings.REDIS_URL:
+        return _redis_ok("broker unavailable")
+    try:
+        with Connection(settings.CELERY_BROKER_URL, connect_timeout=2) as broker:
+            broker.ensure_connection(max_retries=1, timeout=2)
+    except (OSError, OperationalError) as e:
+        logger.warning("Readiness: broker unavailable: %s", e)
+        return "broker unavailable"
+    return _redis_ok("redis unavailable")
+
+
+def _redis_ok(failure: str) -> str | None:
     try:
         _broker(settings.REDIS_URL).ping()
     except redis.RedisError as e:
-        logger.warning("Readiness: broker unavailable: %s", e)
-        return "broker unavailable"
+        logger.warning("Readiness: %s: %s", failure, e)
+        return failure
     return None
 
 

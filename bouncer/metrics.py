@@ -53,9 +53,10 @@ LEGACY_TOKENS_RETIRED = Counter(
 )
 
 
-def record_delivery(*, provider: str, outcome: str, latency: float) -> None:
+def record_delivery(*, provider: str, outcome: str, latency: float | None) -> None:
     NOTIFICATIONS.labels(provider=provider, outcome=outcome).inc()
-    UPSTREAM_SECONDS.labels(provider=provider).observe(latency)
+    if latency is not None:
+        UPSTREAM_SECONDS.labels(provider=provider).observe(latency)
 
 
 @cache
@@ -68,7 +69,8 @@ class QueueDepthCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         gauge = GaugeMetricFamily("bouncer_queue_depth", "Tasks waiting in the Celery queue")
-        if settings.REDIS_URL:
+        # Readable only when the broker is Redis (a RabbitMQ queue is watched in RabbitMQ).
+        if settings.REDIS_URL and settings.REDIS_URL == settings.CELERY_BROKER_URL:
             try:
                 gauge.add_metric([], float(_broker(settings.REDIS_URL).llen("celery")))
             except redis.RedisError:

@@ -202,6 +202,11 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 10 * 1024 *
 # Behind a TLS-terminating proxy (deploy/nginx) the original scheme arrives in a header.
 if env_bool("BOUNCER_BEHIND_PROXY", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    # The admin is reached over HTTPS only, through the proxy.
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+# TLS, the HTTP-to-HTTPS redirect and HSTS belong to the proxy (deploy/nginx/bouncer.conf):
+# a redirect here would also redirect the plain-HTTP probes on 127.0.0.1.
+SILENCED_SYSTEM_CHECKS = ["security.W004", "security.W008"]
 
 # --- Zulip protocol behaviour --------------------------------------------------------------
 
@@ -257,7 +262,10 @@ CELERY_BROKER_URL = env_str("CELERY_BROKER_URL")
 # Without a broker (make run) tasks run in-process, in the request that enqueues them.
 CELERY_TASK_ALWAYS_EAGER = not CELERY_BROKER_URL
 CELERY_TASK_EAGER_PROPAGATES = True
-REDIS_URL = CELERY_BROKER_URL if CELERY_BROKER_URL.startswith(("redis://", "rediss://")) else ""
+_BROKER_IS_REDIS = CELERY_BROKER_URL.startswith(("redis://", "rediss://"))
+# Redis for what a message queue cannot do: delivery outcomes and claims (delivery/channel.py)
+# and shared rate limits. The broker itself when it is Redis; with RabbitMQ, set REDIS_URL.
+REDIS_URL = env_str("REDIS_URL") or (CELERY_BROKER_URL if _BROKER_IS_REDIS else "")
 CELERY_RESULT_BACKEND = REDIS_URL or None
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
@@ -300,6 +308,8 @@ LOGGING = {
     },
     "root": {"handlers": ["stderr"], "level": LOG_LEVEL},
     "loggers": {
+        # Our own loggers carry the level explicitly: Celery's --loglevel resets the root's.
+        **{app: {"level": LOG_LEVEL} for app in ("bouncer", "registrations", "legacy", "delivery")},
         # Django logs every 4xx as a warning; our own log lines say what matters.
         "django.request": {"level": "ERROR"},
         # aioapns logs every failed attempt without context; delivery/apns.py logs each

@@ -36,7 +36,7 @@ def _token_hint(token: str) -> str:
     return f"{token[:6]}…"
 
 
-def _log_result(batch: Batch, delivery: dict[str, Any], result: SendResult) -> None:
+def _log_result(batch: Batch, delivery: dict[str, Any], result: SendResult, outcome: str) -> None:
     provider = delivery["provider"].upper()
     context = (
         f"{batch['protocol']} device {delivery['device_id']} ({_token_hint(delivery['token'])}) "
@@ -50,7 +50,8 @@ def _log_result(batch: Batch, delivery: dict[str, Any], result: SendResult) -> N
     elif result.verdict == Verdict.CONFIG_FAULT:
         logger.error("%s: configuration fault sending to %s: %s", provider, context, detail)
     else:
-        logger.warning("%s: %s sending to %s: %s", provider, result.verdict, context, detail)
+        # "retry", or "gave_up" once the retry window is spent.
+        logger.warning("%s: %s sending to %s: %s", provider, outcome, context, detail)
 
 
 def expire_dead_tokens(*, protocol: str, dead: list[dict[str, Any]]) -> None:
@@ -150,7 +151,6 @@ def process_batch(*, batch: Batch, schedule: Scheduler) -> None:
     dead: list[dict[str, Any]] = []
     retry: list[tuple[dict[str, Any], SendResult]] = []
     for delivery, result in zip(to_send, results, strict=True):
-        _log_result(batch, delivery, result)
         outcome = result.verdict.value
         if result.verdict == Verdict.TOKEN_DEAD:
             dead.append(delivery)
@@ -160,8 +160,13 @@ def process_batch(*, batch: Batch, schedule: Scheduler) -> None:
             else:
                 retry.append((delivery, result))
         rows.append((delivery, result, outcome))
+        _log_result(batch, delivery, result, outcome)
         metrics.record_delivery(
-            provider=delivery["provider"], outcome=outcome, latency=result.latency
+            provider=delivery["provider"],
+            outcome=outcome,
+            # Only what Apple or Google answered (or timed out on) is upstream latency; a
+            # delivery refused here for want of credentials never left the process.
+            latency=None if result.verdict == Verdict.CONFIG_FAULT else result.latency,
         )
 
     expire_dead_tokens(protocol=batch["protocol"], dead=dead)

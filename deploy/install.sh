@@ -28,6 +28,10 @@ if [ -z "${UV:-}" ]; then
     fi
 fi
 
+# If uv has to download Python 3.12, it goes inside the installation, readable by the
+# services (the systemd units hide home directories: ProtectHome=yes).
+export UV_PYTHON_INSTALL_DIR="${UV_PYTHON_INSTALL_DIR:-$root/.python}"
+
 echo "install.sh: installing locked dependencies (Python 3.12, no dev group)"
 $UV sync --locked --no-dev --python 3.12
 venv="${UV_PROJECT_ENVIRONMENT:-$root/.venv}"

@@ -56,7 +56,16 @@ def register_device(
     claimed_token_id = decode_token_id(token_id) if token_id is not None else None
     realm = find_realm(server=server, realm_uuid=realm_uuid, required=True)
     assert realm is not None
-    private = keys.private_key_for(bouncer_public_key)
+    try:
+        private = keys.private_key_for(bouncer_public_key)
+    except keys.KeyUnavailable as e:
+        logger.critical("%s: E2EE registrations to it are refused until it is fixed", e)
+        raise BouncerError(
+            "Push registration service misconfigured, retry later",
+            code=ErrorCode.SERVICE_UNAVAILABLE,
+            status=503,
+            headers={"Retry-After": "60"},
+        ) from None
     if private is None:
         raise BouncerError("Invalid bouncer_public_key", code=ErrorCode.INVALID_BOUNCER_PUBLIC_KEY)
     try:

@@ -13,6 +13,7 @@ from datetime import datetime
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from nacl.exceptions import CryptoError
 from nacl.public import PrivateKey
 
 from registrations import sealing
@@ -21,6 +22,12 @@ from registrations.models import AuditLog, BouncerKeyPair
 
 class KeyPairError(Exception):
     """A key operation the operator asked for cannot be done; the message says why."""
+
+
+class KeyUnavailable(Exception):
+    """A stored key pair cannot be opened: BOUNCER_KEY_ENCRYPTION_KEY is not the one that
+    sealed it (a restore without the right key, a typo). An operator fault, never the
+    caller's."""
 
 
 @dataclass(frozen=True)
@@ -129,8 +136,25 @@ def import_keys(*, keys: dict[str, str]) -> list[BouncerKeyPair]:
     return imported
 
 
+def unopenable_keys() -> list[str]:
+    """Public keys of active pairs that BOUNCER_KEY_ENCRYPTION_KEY cannot open."""
+    broken = []
+    for public, sealed in BouncerKeyPair.objects.filter(retired_at__isnull=True).values_list(
+        "public_key", "sealed_private_key"
+    ):
+        try:
+            sealing.open_private_key(
+                bytes(sealed), encryption_key_b64=settings.BOUNCER_KEY_ENCRYPTION_KEY
+            )
+        except CryptoError:
+            broken.append(public)
+    return broken
+
+
 def private_key_for(public_key: str) -> PrivateKey | None:
-    """The private key for an accepted public key; None when unknown or retired."""
+    """The private key for an accepted public key; None when unknown or retired.
+
+    Raises KeyUnavailable when the pair exists but cannot be opened."""
     env_private = _env_keys().get(public_key)
     if env_private is not None:
         cache_key = (public_key, env_private.encode())
@@ -152,9 +176,14 @@ def private_key_for(public_key: str) -> PrivateKey | None:
     with _cache_lock:
         cached = _opened.get(cache_key)
     if cached is None:
-        cached = sealing.open_private_key(
-            bytes(sealed), encryption_key_b64=settings.BOUNCER_KEY_ENCRYPTION_KEY
-        )
+        try:
+            cached = sealing.open_private_key(
+                bytes(sealed), encryption_key_b64=settings.BOUNCER_KEY_ENCRYPTION_KEY
+            )
+        except CryptoError:
+            raise KeyUnavailable(
+                f"Bouncer key pair {public_key} cannot be opened with BOUNCER_KEY_ENCRYPTION_KEY"
+            ) from None
         with _cache_lock:
             _opened[cache_key] = cached
     return cached

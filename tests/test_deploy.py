@@ -90,7 +90,16 @@ class Unit:
 
     def start_service(self, env: dict[str, str], log_dir: Path, *, tag: str = "") -> "Unit":
         for command in self.pre:
-            subprocess.run(command, cwd=self.working_directory, check=True, timeout=30)
+            done = subprocess.run(
+                command,
+                cwd=self.working_directory,
+                env={**env, **self.environment},
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert done.returncode == 0, f"{self.name}: {command}:\n{done.stdout}{done.stderr}"
         [command] = self.start
         self.log_path = log_dir / f"{self.name}-{self.hostname}{tag}.log"
         self._log = self.log_path.open("wb")
@@ -557,3 +566,13 @@ def test_env_example_lists_every_variable_the_code_reads() -> None:
     read = _variables_read_by_the_code()
     assert len(read) > 30  # the patterns above still find what settings.py reads
     assert read - listed == set()
+
+
+def test_a_unit_with_a_bad_configuration_refuses_to_start(
+    installation: Installation, tmp_path: Path
+) -> None:
+    inst = installation
+    _migrate(inst)
+    env = {**inst.env, "APNS_TOKEN_KEY_FILE": str(tmp_path / "missing.p8")}
+    with pytest.raises(AssertionError, match=r"bouncer\.E003"):
+        Unit.load("bouncer-worker", paths=inst.paths).start_service(env, inst.logs)

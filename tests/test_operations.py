@@ -25,10 +25,33 @@ def test_ready_answers_200_when_database_and_broker_answer() -> None:
 
 @pytest.mark.django_db
 def test_ready_names_the_broker_when_it_cannot_be_reached(settings: SettingsWrapper) -> None:
-    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
+    settings.REDIS_URL = settings.CELERY_BROKER_URL = f"redis://127.0.0.1:{free_port()}/0"
     response = Client().get("/ready")
     assert response.status_code == 503
     assert response.json() == {"status": "unavailable", "failed": ["broker unavailable"]}
+
+
+@pytest.mark.django_db
+def test_ready_checks_a_rabbitmq_broker_and_redis_apart(settings: SettingsWrapper) -> None:
+    settings.CELERY_BROKER_URL = f"amqp://guest:guest@127.0.0.1:{free_port()}//"
+    response = Client().get("/ready")
+    assert response.status_code == 503
+    assert response.json() == {"status": "unavailable", "failed": ["broker unavailable"]}
+
+
+def test_a_rabbitmq_broker_without_redis_fails_the_start_up_checks() -> None:
+    env = dict(os.environ, CELERY_BROKER_URL="amqp://guest:guest@127.0.0.1:5672//")
+    env.pop("REDIS_URL", None)
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"], env=env, capture_output=True, text=True, check=False
+    )
+    assert result.returncode != 0
+    assert "bouncer.E005" in result.stderr
+    env["REDIS_URL"] = os.environ["CELERY_BROKER_URL"]
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"], env=env, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
 
 
 def test_a_malformed_key_encryption_key_fails_the_start_up_checks() -> None:

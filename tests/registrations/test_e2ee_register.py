@@ -5,6 +5,8 @@ import time
 from typing import Any
 
 import pytest
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
 from nacl.public import PrivateKey
 from pytest_django.fixtures import Settings
 
@@ -307,3 +309,22 @@ def test_concurrent_identical_registrations_make_one_row_and_no_error() -> None:
     statuses = at_once(lambda: register(server, realm, public, payload).status_code, times=8)
     assert statuses == [200] * 8
     assert RemotePushDevice.objects.count() == 1
+
+
+def test_a_wrong_key_encryption_key_is_a_503_and_fails_the_database_check(
+    zulip_server: ZulipServer,
+    realm: RemoteRealm,
+    bouncer_key: BouncerKeyPair,
+    settings: Settings,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # As after a restore with the wrong BOUNCER_KEY_ENCRYPTION_KEY.
+    settings.BOUNCER_KEY_ENCRYPTION_KEY = base64.b64encode(bytes(32)).decode()
+    response = register(zulip_server, realm, bouncer_key.public_key, registration())
+    assert_error(
+        response, 503, "Push registration service misconfigured, retry later", "SERVICE_UNAVAILABLE"
+    )
+    assert "cannot be opened with BOUNCER_KEY_ENCRYPTION_KEY" in caplog.text
+    assert not RemotePushDevice.objects.exists()
+    with pytest.raises(SystemCheckError, match=r"bouncer\.E004"):
+        call_command("check", databases=["default"])
