@@ -292,7 +292,8 @@ def run_main(args: argparse.Namespace) -> list[str]:
     out.append(f"# Benchmark run {started:%Y-%m-%d %H:%M} UTC\n")
     out.append(
         f"`{' '.join(['bench/run.py', *sys.argv[1:]])}`; APNs latency {args.apns_latency} ms, "
-        f"FCM {args.fcm_latency} ms; {args.workers} worker process(es) x {args.threads} threads; "
+        f"FCM {args.fcm_latency} ms; {args.workers} worker process(es), --pool {args.pool} "
+        f"--concurrency {args.threads}; "
         f"gunicorn {args.web_workers} x {args.web_threads}; {args.seconds:g} s per point.\n"
     )
     with stack(
@@ -300,6 +301,7 @@ def run_main(args: argparse.Namespace) -> list[str]:
         fcm_latency_ms=args.fcm_latency,
         celery_processes=args.workers,
         celery_threads=args.threads,
+        celery_pool=args.pool,
         web_workers=args.web_workers,
         web_threads=args.web_threads,
     ) as s:
@@ -358,6 +360,7 @@ def run_rows(args: argparse.Namespace) -> list[str]:
         fcm_latency_ms=args.fcm_latency,
         celery_processes=args.workers,
         celery_threads=args.threads,
+        celery_pool=args.pool,
         web_workers=args.web_workers,
         web_threads=args.web_threads,
     ) as s:
@@ -414,6 +417,8 @@ def run_scaling(args: argparse.Namespace) -> list[str]:
                 str(workers),
                 "--threads",
                 str(args.threads),
+                "--pool",
+                args.pool,
                 "--apns-latency",
                 args.apns_latency,
                 "--fcm-latency",
@@ -442,6 +447,9 @@ def main() -> None:
     parser.add_argument("--fcm-latency", default="30-80")
     parser.add_argument("--workers", type=int, default=1, help="Celery worker processes")
     parser.add_argument("--threads", type=int, default=32, help="threads per worker process")
+    parser.add_argument(
+        "--pool", default="threads", choices=["threads", "prefork"], help="Celery worker pool"
+    )
     parser.add_argument("--web-workers", type=int, default=2)
     parser.add_argument("--web-threads", type=int, default=16)
     parser.add_argument("--half-load", nargs="*", default=["e2ee-3"], choices=WORKLOADS)

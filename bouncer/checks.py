@@ -69,10 +69,14 @@ def check_redis_for_outcomes(
 
 @register(Tags.database)
 def check_bouncer_keys_open(
-    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+    app_configs: Sequence[AppConfig] | None = None,
+    databases: Sequence[str] | None = None,
+    **kwargs: Any,
 ) -> list[CheckMessage]:
-    """Runs with `migrate` (bouncer-migrate.service) and `check --database default`."""
-    if not _decodes_to_32_bytes(settings.BOUNCER_KEY_ENCRYPTION_KEY):
+    """Runs with `migrate` (bouncer-migrate.service) and `check --database default` only:
+    Django calls database checks from every command, with `databases` set for those two. The
+    key commands (bouncer_keys) must keep working while this fails, to repair it."""
+    if not databases or not _decodes_to_32_bytes(settings.BOUNCER_KEY_ENCRYPTION_KEY):
         return []  # E001 already says so
     from registrations.keys import unopenable_keys
 
