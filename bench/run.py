@@ -286,8 +286,7 @@ def bouncer_public_key() -> str:
     return pair.public_key
 
 
-def run_main(args: argparse.Namespace) -> list[str]:
-    out: list[str] = []
+def run_main(args: argparse.Namespace, out: list[str]) -> None:
     started = datetime.datetime.now(datetime.UTC)
     out.append(f"# Benchmark run {started:%Y-%m-%d %H:%M} UTC\n")
     out.append(
@@ -347,7 +346,6 @@ def run_main(args: argparse.Namespace) -> list[str]:
                 )
                 out.append(point_row(point))
                 print(out[-1], flush=True)
-    return out
 
 
 def run_rows(args: argparse.Namespace) -> list[str]:
@@ -462,19 +460,21 @@ def main() -> None:
         parser.error("--rows runs on its own (it grows the device table)")
 
     out: list[str] = []
-    if args.workloads:
-        out += run_main(args)
-    if args.scaling:
-        out += run_scaling(args)
-    if args.rows:
-        out += run_rows(args)
-    if args.no_report:
-        return
-    results = ROOT / "bench" / "results"
-    results.mkdir(exist_ok=True)
-    path = results / f"{datetime.datetime.now(datetime.UTC):%Y%m%d-%H%M%S}.md"
-    path.write_text("\n".join(out) + "\n")
-    print(f"\nReport written to {path.relative_to(ROOT)}")
+    try:
+        if args.workloads:
+            run_main(args, out)
+        if args.scaling:
+            out += run_scaling(args)
+        if args.rows:
+            out += run_rows(args)
+    finally:
+        # Whatever was measured is kept, also when a later part fails.
+        if not args.no_report and out:
+            results = ROOT / "bench" / "results"
+            results.mkdir(exist_ok=True)
+            path = results / f"{datetime.datetime.now(datetime.UTC):%Y%m%d-%H%M%S}.md"
+            path.write_text("\n".join(out) + "\n")
+            print(f"\nReport written to {path.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -222,15 +222,21 @@ def mixed(tenants: list[Tenant], public_key: str) -> Iterator[Request]:
         (0.09, lambda: next(registrations)),
         (0.01, lambda: next(uploads)),
     ]
-    while True:
-        roll, total = random.random(), 0.0
-        for weight, make in choices:
-            total += weight
-            if roll < total:
-                yield make()
-                break
-        else:
-            yield choices[0][1]()
+
+    # Everything above reads the database now; the draws below run in the load generator's
+    # event loop, where Django's ORM may not be used.
+    def draw() -> Iterator[Request]:
+        while True:
+            roll, total = random.random(), 0.0
+            for weight, make in choices:
+                total += weight
+                if roll < total:
+                    yield make()
+                    break
+            else:
+                yield choices[0][1]()
+
+    return draw()
 
 
 def device_lookup_plan(realm_uuid: str, token_ids: list[int]) -> str:
@@ -272,7 +278,7 @@ def add_filler_devices(rows: int) -> None:
             f"""
             INSERT INTO {table} (remote_realm_id, token, token_kind, token_id, ios_app_id,
                                  created, last_registered)
-            SELECT %s[1 + (n % 10)], md5(n::text || random()::text) || md5(n::text),
+            SELECT (%s::bigint[])[1 + (n %% 10)], md5(n::text || random()::text) || md5(n::text),
                    'apns', (random() * 9e18)::bigint, 'org.zulip.Zulip', now(), now()
             FROM generate_series(1, %s) AS n
             ON CONFLICT DO NOTHING

@@ -46,6 +46,10 @@ UPSTREAM_SECONDS = Histogram(
     ["provider"],
     buckets=(0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+SHED_REQUESTS = Counter(
+    "bouncer_shed_requests_total",
+    "Requests answered 503 at once because they waited too long in the queue (overload)",
+)
 LEGACY_TOKENS_RETIRED = Counter(
     "bouncer_legacy_tokens_retired_total",
     "Legacy tokens removed because the device moved to E2EE or its server is gone",

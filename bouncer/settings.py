@@ -157,6 +157,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "bouncer.metrics.RequestMetricsMiddleware",
     "bouncer.errors.BouncerErrorMiddleware",
+    "bouncer.overload.LoadSheddingMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # The admin's static files, served by the web process itself (collected by
     # deploy/install.sh); `make run` (DEBUG) serves them through runserver instead.
@@ -230,6 +231,9 @@ def _rate_limit(raw: str) -> tuple[int, int]:
 BOUNCER_RATE_LIMIT = _rate_limit(env_str("BOUNCER_RATE_LIMIT", "1000/60"))
 
 NOTIFY_WAIT_SECONDS = env_float("NOTIFY_WAIT_SECONDS", 10.0)
+# A request that waited longer than this in front of the web workers (the proxy's
+# X-Request-Start stamp) is answered 503 at once: overload sheds load instead of timing out.
+BOUNCER_MAX_QUEUE_SECONDS = env_float("BOUNCER_MAX_QUEUE_SECONDS", 5.0)
 # How long transient upstream failures are retried in the background.
 DELIVERY_RETRY_WINDOW_SECONDS = env_int("DELIVERY_RETRY_WINDOW_SECONDS", 3600)
 # How long a worker's claim on a delivery lasts before another may send it (must exceed the

@@ -12,6 +12,7 @@ import re
 import secrets
 import shutil
 import signal
+import ssl
 import subprocess
 import threading
 import time
@@ -576,3 +577,79 @@ def test_a_unit_with_a_bad_configuration_refuses_to_start(
     env = {**inst.env, "APNS_TOKEN_KEY_FILE": str(tmp_path / "missing.p8")}
     with pytest.raises(AssertionError, match=r"bouncer\.E003"):
         Unit.load("bouncer-worker", paths=inst.paths).start_service(env, inst.logs)
+
+
+def test_the_nginx_site_serves_the_bouncer_over_tls_and_http2(
+    installation: Installation, tmp_path: Path
+) -> None:
+    """deploy/nginx/bouncer.conf in front of the web unit, ports and certificate moved."""
+    inst = installation
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
+        str(tmp_path / "site.pem")
+    )
+    http_port, https_port = free_port(), free_port()
+    web_port = inst.env["GUNICORN_BIND"].rsplit(":", 1)[1]
+    site = (ROOT / "deploy" / "nginx" / "bouncer.conf").read_text()
+    for old, new in {
+        "/etc/letsencrypt/live/push.example.org/fullchain.pem": str(tmp_path / "site.pem"),
+        "/etc/letsencrypt/live/push.example.org/privkey.pem": str(tmp_path / "site.pem"),
+        "listen 80;": f"listen 127.0.0.1:{http_port};",
+        "listen [::]:80;": "",
+        "listen 443 ssl http2;": f"listen 127.0.0.1:{https_port} ssl http2;",
+        "listen [::]:443 ssl http2;": "",
+        "server 127.0.0.1:8000;": f"server 127.0.0.1:{web_port};",
+    }.items():
+        assert old in site
+        site = site.replace(old, new)
+    (tmp_path / "site.conf").write_text(site)
+    (tmp_path / "nginx.conf").write_text(
+        "daemon off;\n"
+        f"pid {tmp_path}/nginx.pid;\n"
+        f"error_log {tmp_path}/error.log;\n"
+        "events {}\n"
+        f"http {{ access_log off; include {tmp_path}/site.conf; }}\n"
+    )
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    proxy = subprocess.Popen(
+        [nginx, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    web = Unit.load("bouncer-web", paths=inst.paths)
+    try:
+        _migrate(inst)
+        web.start_service(inst.env, inst.logs)
+        wait_for_port(int(web_port), timeout=60)
+        wait_for_port(https_port, timeout=20)
+        base = f"https://127.0.0.1:{https_port}"
+        trust = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+        with httpx.Client(http2=True, verify=trust, timeout=15) as client:
+            health = client.get(f"{base}/health")
+            assert health.status_code == 200
+            assert health.http_version == "HTTP/2"
+            assert health.headers["strict-transport-security"] == "max-age=31536000"
+            zulip = ZulipServerClient(base)
+            registered = client.post(
+                f"{base}/api/v1/remotes/server/register",
+                data={
+                    "zulip_org_id": zulip.uuid,
+                    "zulip_org_key": zulip.key,
+                    "hostname": "chat.example.org",
+                    "contact_email": "admin@example.org",
+                },
+            )
+            assert registered.status_code == 200, registered.text
+            assert client.get(f"{base}/metrics").status_code == 200  # from loopback
+            assert client.get(f"{base}/static/admin/css/base.css").status_code == 200
+            # Only the bouncer's paths are served.
+            assert client.get(f"{base}/api/v1/users").status_code == 404
+            assert client.get(f"{base}/anything").status_code == 404
+        plain = httpx.get(f"http://127.0.0.1:{http_port}/health", timeout=10)
+        assert plain.status_code == 301
+        assert plain.headers["location"].startswith("https://")
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=10)
+        web.terminate(timeout=30)
