@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse
 
 logger = logging.getLogger(__name__)
@@ -141,6 +142,21 @@ class BouncerErrorMiddleware:
             )
         if isinstance(exception, TooManyFieldsSent):
             return error_response(BouncerError("Too many parameters"))
+        if is_api_path(request.path) and isinstance(exception, OperationalError | InterfaceError):
+            # PostgreSQL unreachable or restarting: not a bug, and nothing was changed (each
+            # request's writes are atomic). The Zulip server retries; Django reconnects by
+            # itself on a later request.
+            logger.error(
+                "Database unavailable on %s %s: %s", request.method, request.path, exception
+            )
+            return error_response(
+                BouncerError(
+                    "Push notification service temporarily unavailable, retry later",
+                    code=ErrorCode.SERVICE_UNAVAILABLE,
+                    status=503,
+                    headers={"Retry-After": "10"},
+                )
+            )
         if is_api_path(request.path):
             # A genuine bug: log it with its traceback and answer in the envelope, so the
             # Zulip server treats it as a bouncer-side failure and retries later.

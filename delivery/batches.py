@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
+from django.db import DatabaseError
 from django.db.models.functions import MD5, Lower
 from django.utils import timezone
 
@@ -169,8 +170,8 @@ def process_batch(*, batch: Batch, schedule: Scheduler) -> None:
             latency=None if result.verdict == Verdict.CONFIG_FAULT else result.latency,
         )
 
-    expire_dead_tokens(protocol=batch["protocol"], dead=dead)
-    _write_log(batch, rows)
+    # Retries first: they go through the broker, and a database outage below must not lose
+    # a delivery that still has to happen.
     if retry:
         delay = max(
             next_retry_delay(
@@ -185,6 +186,22 @@ def process_batch(*, batch: Batch, schedule: Scheduler) -> None:
         schedule(
             {**batch, "attempt": batch["attempt"] + 1, "deliveries": [d for d, _ in retry]},
             delay,
+        )
+    try:
+        expire_dead_tokens(protocol=batch["protocol"], dead=dead)
+        _write_log(batch, rows)
+    except DatabaseError as e:
+        # PostgreSQL down or restarting. The deliveries themselves are done and their outcomes
+        # reported; a dead token not expired now is reported dead again by Apple or Google on
+        # its next notification, and expired then.
+        logger.error(
+            "Batch %s attempt %d: database unavailable, %d dead tokens not expired yet and "
+            "%d delivery log rows lost: %s",
+            batch["id"],
+            batch["attempt"],
+            len(dead),
+            len(rows),
+            e,
         )
 
 

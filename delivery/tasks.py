@@ -6,6 +6,7 @@ from typing import Any
 
 from celery import shared_task
 from django.conf import settings
+from django.db import close_old_connections
 
 from delivery import batches
 
@@ -21,6 +22,11 @@ logger = logging.getLogger(__name__)
     ignore_result=True,
 )
 def deliver_batch(batch: dict[str, Any]) -> None:
+    if not settings.CELERY_TASK_ALWAYS_EAGER:
+        # Worker threads keep their database connections across tasks (bouncer/celery.py);
+        # one broken by a PostgreSQL restart is replaced here, as Django does per request.
+        # (In-process, the request's own connection is left alone.)
+        close_old_connections()
     batches.process_batch(batch=batch, schedule=schedule_batch)
 
 

@@ -61,6 +61,7 @@ class PostgresCluster:
         self.data = self.root / "data"
         self.port = free_port()
         self._as_postgres: Callable[[], None] | None = None
+        self._options = ""
         if os.geteuid() == 0:
             pw = pwd.getpwnam("postgres")
             os.chown(self.root, pw.pw_uid, pw.pw_gid)
@@ -106,6 +107,7 @@ class PostgresCluster:
                 "-c max_connections=200",
             ]
         )
+        self._options = options
         self._run(
             _pg_binary("pg_ctl"),
             "-D",
@@ -121,9 +123,29 @@ class PostgresCluster:
         )
 
     def stop(self) -> None:
-        with contextlib.suppress(subprocess.CalledProcessError):
-            self._run(_pg_binary("pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop")
+        self.halt(mode="immediate")
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def halt(self, *, mode: str = "fast") -> None:
+        """Stop the server (a clean shutdown by default: with fsync off, an immediate one may
+        lose the last commits); resume() starts it again on the same port with its data."""
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self._run(_pg_binary("pg_ctl"), "-D", str(self.data), "-m", mode, "stop")
+
+    def resume(self) -> None:
+        self._run(
+            _pg_binary("pg_ctl"),
+            "-D",
+            str(self.data),
+            "-o",
+            self._options,
+            "-l",
+            str(self.root / "postgres.log"),
+            "-w",
+            "-t",
+            "30",
+            "start",
+        )
 
     @property
     def url(self) -> str:

@@ -1,11 +1,13 @@
 """A dependency outage seen from a Zulip server: the production web process (gunicorn with
-deploy/gunicorn.conf.py) answers 503 in Zulip's envelope while the broker is down, and
-recovers by itself when it is back."""
+deploy/gunicorn.conf.py) answers 503 in Zulip's envelope while the broker or the database is
+down, and recovers by itself when it is back."""
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import httpx
@@ -15,7 +17,7 @@ from django.db import connection
 from registrations import sealing
 from registrations.models import RemotePushDevice
 from tests.conftest import make_server
-from tests.services import RedisServer, free_port, wait_for_port
+from tests.services import PostgresCluster, RedisServer, free_port, wait_for_port
 from tests.zulip_server_side import INTERNAL_SERVER_ERROR_ON_BOUNCER, e2ee_test_notification_result
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,3 +92,74 @@ def test_broker_down_is_a_503_and_the_web_recovers_without_a_restart(tmp_path: P
         web.wait(timeout=30)
         log.close()
         broker.stop()
+
+
+def test_database_down_is_a_503_and_the_web_recovers_without_a_restart(tmp_path: Path) -> None:
+    database = PostgresCluster()
+    database.start()
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database.url,
+        "GUNICORN_BIND": f"127.0.0.1:{port}",
+        "GUNICORN_WORKERS": "1",
+    }
+    log = (tmp_path / "gunicorn.log").open("wb")
+    web: subprocess.Popen[bytes] | None = None
+    try:
+        subprocess.run(
+            [sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            timeout=120,
+        )
+        web = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_port(port, timeout=30)
+        base = f"http://127.0.0.1:{port}/api/v1/remotes/"
+        org_id, org_key = str(uuid.uuid4()), secrets.token_hex(32)
+        registered = httpx.post(
+            base + "server/register",
+            data={
+                "zulip_org_id": org_id,
+                "zulip_org_key": org_key,
+                "hostname": "chat.example.org",
+                "contact_email": "admin@example.org",
+            },
+            timeout=10,
+        )
+        assert registered.status_code == 200, registered.text
+        status_url = base + "server/analytics/status"
+        assert httpx.get(status_url, auth=(org_id, org_key), timeout=10).status_code == 200
+
+        database.halt()
+        down = httpx.get(status_url, auth=(org_id, org_key), timeout=10)
+        assert down.status_code == 503, down.text
+        assert down.json() == {
+            "result": "error",
+            "msg": "Push notification service temporarily unavailable, retry later",
+            "code": "SERVICE_UNAVAILABLE",
+        }
+        assert down.headers["Retry-After"] == "10"
+        ready = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=10)
+        assert ready.status_code == 503
+        assert "database unavailable" in ready.json()["failed"]
+
+        database.resume()
+        # The first request after the restart may still meet the dead connection; Django's
+        # health check replaces it, so the service recovers within a request or two.
+        answers = [httpx.get(status_url, auth=(org_id, org_key), timeout=10) for _ in range(3)]
+        assert answers[-1].status_code == 200, [a.text for a in answers]
+        assert all(a.status_code in (200, 503) for a in answers)
+    finally:
+        if web is not None:
+            web.send_signal(signal.SIGTERM)
+            web.wait(timeout=30)
+        log.close()
+        database.stop()

@@ -3,10 +3,17 @@
 These tests commit their rows (transactional db) so the worker, another process, sees them.
 """
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from pytest_django.fixtures import Settings
 
@@ -16,6 +23,10 @@ from registrations.models import RemotePushDevice, RemoteRealm
 from tests.conftest import ZulipServer, add_e2ee_devices, make_server
 from tests.delivery.worker import CeleryWorker
 from tests.fakes.apns import Answer, FakeApns
+from tests.services import PostgresCluster, free_port, wait_for_port
+from tests.zulip_client import ZulipServerClient
+
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -160,3 +171,82 @@ def test_two_workers_sharing_the_queue_deliver_each_notification_once(
     finally:
         for w in workers:
             w.stop()
+
+
+def test_a_database_restart_mid_batch_loses_no_delivery(
+    worker_env: dict[str, str], fake_apns: FakeApns, tmp_path: Path
+) -> None:
+    """PostgreSQL stops while a batch is with Apple, whose first answer asks for a retry:
+    the retry still happens, and the worker's connections recover when PostgreSQL is back."""
+    database = PostgresCluster()
+    database.start()
+    port = free_port()
+    env = {
+        **os.environ,
+        **worker_env,
+        "DATABASE_URL": database.url,
+        "NOTIFY_WAIT_SECONDS": "0.3",
+        "GUNICORN_BIND": f"127.0.0.1:{port}",
+        "GUNICORN_WORKERS": "1",
+    }
+    log = (tmp_path / "web.log").open("wb")
+    web: subprocess.Popen[bytes] | None = None
+    worker: CeleryWorker | None = None
+    try:
+        manage = [sys.executable, "manage.py"]
+        subprocess.run([*manage, "migrate", "-v", "0"], cwd=ROOT, env=env, check=True, timeout=120)
+        subprocess.run([*manage, "bouncer_keys", "generate"], cwd=ROOT, env=env, check=True)
+        listing = subprocess.run(
+            [*manage, "bouncer_keys", "list", "--json"],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        public_key = json.loads(listing.stdout)[0]["public_key"]
+        web = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        worker = CeleryWorker(env=env, name="pg-restart").start()
+        wait_for_port(port, timeout=30)
+        zulip = ZulipServerClient(f"http://127.0.0.1:{port}")
+        assert zulip.register().status_code == 200
+        assert zulip.upload_analytics().status_code == 200
+        [token] = tokens(1)
+        assert zulip.register_e2ee(public_key, token).status_code == 200
+
+        fake_apns.latency_ms = (1500, 1500)
+        fake_apns.script(token, Answer(503, "ServiceUnavailable"))
+        assert zulip.notify([token]).status_code == 200
+        assert wait_until(lambda: len(fake_apns.received) == 1, 10), worker.log()
+        database.halt()  # while Apple thinks about it
+        assert wait_until(lambda: "database unavailable" in worker.log(), 10), worker.log()
+        fake_apns.latency_ms = (10, 10)
+        database.resume()
+        assert wait_until(lambda: fake_apns.delivered == 1, 20), worker.log()
+        assert [r.status for r in fake_apns.requests_for(token)] == [503, 200]
+
+        def logged() -> list[tuple[int, str]]:
+            with psycopg.connect(database.url) as conn:
+                return list(
+                    conn.execute(
+                        "SELECT attempt, outcome FROM delivery_deliveryattempt ORDER BY attempt"
+                    )
+                )
+
+        # The first attempt's row was lost with the database; the retry's is written over a
+        # fresh connection.
+        assert wait_until(lambda: logged() == [(2, "delivered")], 10), worker.log()
+    finally:
+        if worker is not None:
+            worker.stop()
+        if web is not None:
+            web.send_signal(signal.SIGTERM)
+            web.wait(timeout=30)
+        log.close()
+        database.stop()
