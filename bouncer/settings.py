@@ -291,11 +291,16 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 6 * 3600.0,
     },
 }
+_VISIBILITY_TIMEOUT = env_int("CELERY_VISIBILITY_TIMEOUT", 300)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "socket_timeout": 5,
     "socket_connect_timeout": 5,
-    # Unacknowledged tasks of a worker that died are handed out again after this long.
-    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 300),
+    # Unacknowledged tasks of a worker that died are handed out again after this long...
+    "visibility_timeout": _VISIBILITY_TIMEOUT,
+    # ...by the next sweep of a live worker: kombu sweeps every interval x throttle seconds
+    # (10 x 10 by default, which can add 100 s); every 10 s (or sooner) here.
+    "unacked_restore_interval": max(1, min(10, _VISIBILITY_TIMEOUT)),
+    "unacked_restore_throttle": 1,
 }
 
 # --- Logging ---------------------------------------------------------------------------------
