@@ -1,6 +1,8 @@
 import os
+from typing import Any
 
 from celery import Celery
+from celery.signals import worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bouncer.settings")
 
@@ -18,3 +20,13 @@ def _pin_eager_mode() -> None:
     # Celery's Django fix-up closes every database connection after each task unless told
     # to reuse them: a new PostgreSQL connection per batch costs more than the batch.
     app.conf["CELERY_DB_REUSE_MAX"] = settings.DATABASES["default"]["CONN_MAX_AGE"] and 1000
+
+
+@worker_ready.connect
+def _serve_metrics(**kwargs: Any) -> None:
+    from django.conf import settings
+
+    if settings.WORKER_METRICS_BIND:
+        from bouncer.metrics import serve_worker_metrics
+
+        serve_worker_metrics(settings.WORKER_METRICS_BIND)

@@ -22,6 +22,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
+    start_http_server,
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -102,16 +103,27 @@ class RequestMetricsMiddleware:
         return response
 
 
-@require_GET
-def metrics_view(request: HttpRequest) -> HttpResponse:
+def _samples_registry() -> CollectorRegistry:
+    """This machine's samples: every process's in multi-process mode, else this one's."""
     if settings.PROMETHEUS_MULTIPROC_DIR:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    else:
-        registry = REGISTRY
-    body = generate_latest(registry)
+        return registry
+    return REGISTRY
+
+
+@require_GET
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    body = generate_latest(_samples_registry())
     if settings.REDIS_URL:
         extra = CollectorRegistry()
         extra.register(QueueDepthCollector())
         body += generate_latest(extra)
     return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)
+
+
+def serve_worker_metrics(bind: str) -> None:
+    """A worker machine without a web process serves its samples itself (WORKER_METRICS_BIND):
+    prometheus-client's own small HTTP server, in a daemon thread."""
+    host, _, port = bind.rpartition(":")
+    start_http_server(int(port), addr=host or "127.0.0.1", registry=_samples_registry())

@@ -245,6 +245,9 @@ DELIVERY_LOG_DAYS = env_int("DELIVERY_LOG_DAYS", 7)
 LEGACY_DEACTIVATED_RETENTION_DAYS = env_int("LEGACY_DEACTIVATED_RETENTION_DAYS", 30)
 # Prometheus multi-process mode (gunicorn and Celery): the directory every process writes to.
 PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR")
+# HOST:PORT where a Celery worker serves /metrics itself, for machines with no web process
+# (the web's /metrics covers only the processes of its own machine). Unset: off.
+WORKER_METRICS_BIND = env_str("WORKER_METRICS_BIND")
 
 # --- Upstream credentials (used by delivery/) ----------------------------------------------
 

@@ -13,8 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from pytest_django.fixtures import Settings
 
 from delivery.models import DeliveryAttempt
@@ -250,3 +252,39 @@ def test_a_database_restart_mid_batch_loses_no_delivery(
             web.wait(timeout=30)
         log.close()
         database.stop()
+
+
+def test_a_worker_only_machine_serves_its_own_metrics(
+    worker_env: dict[str, str], fake_apns: FakeApns, tmp_path: Path
+) -> None:
+    port = free_port()
+    samples = tmp_path / "prometheus"
+    samples.mkdir()
+    env = {
+        **worker_env,
+        "WORKER_METRICS_BIND": f"127.0.0.1:{port}",
+        "PROMETHEUS_MULTIPROC_DIR": str(samples),
+    }
+    server = make_server()
+    realm = server.add_realm()
+    values = tokens(2)
+    add_e2ee_devices(realm, values)
+    worker = CeleryWorker(env=env, name="metrics").start()
+    try:
+        wait_for_port(port, timeout=10)
+        assert notify(server, realm, values).json()["apple_successfully_sent_count"] == 2
+
+        def delivered() -> float:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if sample.name == "bouncer_notifications_total" and sample.labels == {
+                        "provider": "apns",
+                        "outcome": "delivered",
+                    }:
+                        return sample.value
+            return 0.0
+
+        assert wait_until(lambda: delivered() == 2, 5), worker.log()
+    finally:
+        worker.stop()
