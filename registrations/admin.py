@@ -59,6 +59,11 @@ class RemoteZulipServerAdmin(ReadOnlyAdmin):
             legacy_total=Count("legacy_tokens", distinct=True),
         )
 
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Deleting a server would take its realms, devices and audit trail with it; Zulip's
+        # model is deactivation (its legacy tokens go after LEGACY_DEACTIVATED_RETENTION_DAYS).
+        return False
+
     @admin.display(description="realms", ordering="realm_total")
     def realm_count(self, server: RemoteZulipServer) -> int:
         return int(getattr(server, "realm_total", 0))

@@ -5,7 +5,13 @@ from django.test import Client
 
 from legacy.models import RemotePushDeviceToken
 from registrations import keys
-from registrations.models import AuditLog, BouncerKeyPair, RemotePushDevice, RemoteRealm
+from registrations.models import (
+    AuditLog,
+    BouncerKeyPair,
+    RemotePushDevice,
+    RemoteRealm,
+    RemoteZulipServer,
+)
 from tests.conftest import ZulipServer
 
 SECRET_TOKEN = "feedface" * 8
@@ -144,3 +150,13 @@ def test_the_delivery_log_lists_attempts_and_filters_by_outcome(
     empty = admin_client.get("/admin/delivery/deliveryattempt/", {"outcome__exact": "delivered"})
     assert row not in empty.content.decode()
     assert admin_client.get("/admin/delivery/deliveryattempt/add/").status_code == 403
+
+
+def test_servers_are_deactivated_not_deleted(
+    admin_client: Client, zulip_server: ZulipServer
+) -> None:
+    # Deletion would take the server's audit trail with it.
+    url = f"/admin/registrations/remotezulipserver/{zulip_server.row.pk}/delete/"
+    assert admin_client.get(url).status_code == 403
+    assert admin_client.post(url, {"post": "yes"}).status_code == 403
+    assert RemoteZulipServer.objects.filter(pk=zulip_server.row.pk).exists()
