@@ -2,7 +2,7 @@ import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_ready
+from celery.signals import worker_process_shutdown, worker_ready, worker_shutdown
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bouncer.settings")
 
@@ -30,3 +30,12 @@ def _serve_metrics(**kwargs: Any) -> None:
         from bouncer.metrics import serve_worker_metrics
 
         serve_worker_metrics(settings.WORKER_METRICS_BIND)
+
+
+@worker_shutdown.connect
+@worker_process_shutdown.connect
+def _flush_delivery_log(**kwargs: Any) -> None:
+    # Warm shutdown: the batches are done; their log rows are still buffered.
+    from delivery import attemptlog
+
+    attemptlog.flush()

@@ -19,7 +19,7 @@ from django.db.models.functions import MD5, Lower
 from django.utils import timezone
 
 from bouncer import metrics
-from delivery import channel
+from delivery import attemptlog, channel
 from delivery.models import DeliveryAttempt
 from delivery.outcomes import SendResult, Verdict, give_up, next_retry_delay
 from delivery.relay import get_relay
@@ -88,23 +88,17 @@ def _write_log(batch: Batch, rows: list[tuple[dict[str, Any], SendResult, str]])
     if settings.DELIVERY_LOG_DAYS <= 0 or not rows:
         return
     now = timezone.now()
-    DeliveryAttempt.objects.bulk_create(
+    attemptlog.record(
         [
-            DeliveryAttempt(
+            attemptlog.row(
                 created=now,
-                batch_id=batch["id"],
-                server_id=batch["server_id"],
-                realm_id=batch.get("realm_id"),
-                device_id=delivery["device_id"],
-                protocol=batch["protocol"],
-                provider=delivery["provider"],
-                app_id=delivery.get("app_id") or "",
+                batch=batch,
+                delivery=delivery,
                 outcome=outcome,
-                upstream_status=result.status,
-                reason=(result.reason or "")[:128],
-                upstream_id=(result.upstream_id or "")[:255],
-                attempt=batch["attempt"],
-                latency_ms=round(result.latency * 1000),
+                status=result.status,
+                reason=result.reason or "",
+                upstream_id=result.upstream_id or "",
+                latency=result.latency,
             )
             for delivery, result, outcome in rows
         ]
@@ -195,8 +189,8 @@ def process_batch(*, batch: Batch, schedule: Scheduler) -> None:
         # reported; a dead token not expired now is reported dead again by Apple or Google on
         # its next notification, and expired then.
         logger.error(
-            "Batch %s attempt %d: database unavailable, %d dead tokens not expired yet and "
-            "%d delivery log rows lost: %s",
+            "Batch %s attempt %d: database unavailable, %d dead tokens not expired yet "
+            "(and, in-process, %d delivery log rows lost): %s",
             batch["id"],
             batch["attempt"],
             len(dead),
