@@ -338,13 +338,13 @@ def _deleted_devices(
     rows = RemotePushDeviceToken.objects.filter(server=server).filter(
         _user_filter(user_id=user_id, user_uuid=user_uuid)
     )
-    have_fcm = set(
-        rows.filter(kind=RemotePushDeviceToken.Kind.FCM).values_list("token", flat=True)
-    ) - {t for p, t in dead if p == "fcm"}
-    have_apns = {
-        t.lower()
-        for t in rows.filter(kind=RemotePushDeviceToken.Kind.APNS).values_list("token", flat=True)
-    } - {t for p, t in dead if p == "apns"}
+    remaining = list(rows.values_list("kind", "token"))  # one query for both providers
+    have_fcm = {t for kind, t in remaining if kind == RemotePushDeviceToken.Kind.FCM} - {
+        t for p, t in dead if p == "fcm"
+    }
+    have_apns = {t.lower() for kind, t in remaining if kind == RemotePushDeviceToken.Kind.APNS} - {
+        t for p, t in dead if p == "apns"
+    }
     android = sorted({t for t in params.android_devices if t not in have_fcm})
     apple: list[str] = []
     kept: set[str] = set()

@@ -19,7 +19,7 @@ devices are never touched. Every removal is counted (metrics, audit log, the ser
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -55,16 +55,6 @@ def _record(counts: Counter[int], *, reason: str) -> None:
         )
 
 
-def _single_realm_servers(server_ids: Iterable[int]) -> set[int]:
-    return set(
-        RemoteRealm.objects.filter(server_id__in=set(server_ids))
-        .values("server_id")
-        .annotate(n=Count("id"))
-        .filter(n=1)
-        .values_list("server_id", flat=True)
-    )
-
-
 def shadowed(legacy: QuerySet[RemotePushDeviceToken]) -> QuerySet[RemotePushDeviceToken]:
     """The rows of `legacy` that an active E2EE registration of the same phone replaces."""
     # Matched through md5(lower(token)) on both sides, which the indexes hold, then exactly.
@@ -76,7 +66,14 @@ def shadowed(legacy: QuerySet[RemotePushDeviceToken]) -> QuerySet[RemotePushDevi
     # to single-realm servers).
     servers_only_realm = Q(remote_realm__server=OuterRef("server"))
     rows = legacy.annotate(digest=MD5(Lower("token")), lower_token=Lower("token"))
-    single = _single_realm_servers(rows.values_list("server_id", flat=True))
+    # As a subquery: the whole match is one statement, whatever `legacy` holds.
+    single = (
+        RemoteRealm.objects.filter(server_id__in=legacy.values("server_id"))
+        .values("server_id")
+        .annotate(n=Count("id"))
+        .filter(n=1)
+        .values("server_id")
+    )
 
     def match(kind: int, token_match: Q) -> Q:
         with_realm = Exists(active.filter(token_match, same_realm))
