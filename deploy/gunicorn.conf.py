@@ -17,8 +17,9 @@ timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 # SIGTERM: stop accepting, finish in-flight requests within this many seconds.
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "20"))
 keepalive = 5
-max_requests = 10000
-max_requests_jitter = 1000
+# No max_requests: recycling a worker closes its keep-alive connections, and a request
+# already on its way over one fails with a connection error (seen in bench/; behind nginx
+# that is a 502, since nginx does not retry a POST). Memory stays flat under load (bench/).
 accesslog = "-"
 errorlog = "-"
 # The Authorization header is never logged: gunicorn's default access format omits it.
