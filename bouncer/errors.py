@@ -71,6 +71,19 @@ def unauthorized(msg: str) -> BouncerError:
     )
 
 
+TEMPORARILY_UNAVAILABLE = "Push notification service temporarily unavailable, retry later"
+
+
+def service_unavailable(msg: str, *, retry_after: int) -> BouncerError:
+    """A bouncer-side fault the Zulip server should retry later (it does, on any 5xx)."""
+    return BouncerError(
+        msg,
+        code=ErrorCode.SERVICE_UNAVAILABLE,
+        status=503,
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
 def missing_remote_realm() -> BouncerError:
     return BouncerError(
         "Organization not registered", code=ErrorCode.MISSING_REMOTE_REALM, status=403
@@ -149,14 +162,7 @@ class BouncerErrorMiddleware:
             logger.error(
                 "Database unavailable on %s %s: %s", request.method, request.path, exception
             )
-            return error_response(
-                BouncerError(
-                    "Push notification service temporarily unavailable, retry later",
-                    code=ErrorCode.SERVICE_UNAVAILABLE,
-                    status=503,
-                    headers={"Retry-After": "10"},
-                )
-            )
+            return error_response(service_unavailable(TEMPORARILY_UNAVAILABLE, retry_after=10))
         if is_api_path(request.path):
             # A genuine bug: log it with its traceback and answer in the envelope, so the
             # Zulip server treats it as a bouncer-side failure and retries later.

@@ -16,11 +16,11 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
 from bouncer import metrics
-from bouncer.errors import BouncerError, ErrorCode, error_response, is_api_path
+from bouncer.errors import error_response, is_api_path, service_unavailable
 
 logger = logging.getLogger(__name__)
 
-RETRY_AFTER_SECONDS = "5"
+RETRY_AFTER_SECONDS = 5
 
 
 def queued_seconds(header: str, *, now: float) -> float | None:
@@ -56,11 +56,9 @@ class LoadSheddingMiddleware:
                     waited,
                 )
                 return error_response(
-                    BouncerError(
+                    service_unavailable(
                         "Push notification service overloaded, retry later",
-                        code=ErrorCode.SERVICE_UNAVAILABLE,
-                        status=503,
-                        headers={"Retry-After": RETRY_AFTER_SECONDS},
+                        retry_after=RETRY_AFTER_SECONDS,
                     )
                 )
         return self.get_response(request)

@@ -12,7 +12,7 @@ from django.conf import settings
 from django.db.models import Q
 from kombu.exceptions import OperationalError
 
-from bouncer.errors import BouncerError, ErrorCode
+from bouncer.errors import TEMPORARILY_UNAVAILABLE, BouncerError, ErrorCode, service_unavailable
 from delivery import channel, payloads
 from delivery.batches import retry_window_deadline
 from delivery.models import DeliveryAttempt
@@ -57,12 +57,7 @@ def _send(
         enqueue_batch(batch)
     except (OperationalError, redis.RedisError) as e:
         logger.error("Broker unreachable, notify refused: %s", e)
-        raise BouncerError(
-            "Push notification service temporarily unavailable, retry later",
-            code=ErrorCode.SERVICE_UNAVAILABLE,
-            status=503,
-            headers={"Retry-After": "10"},
-        ) from None
+        raise service_unavailable(TEMPORARILY_UNAVAILABLE, retry_after=10) from None
     try:
         outcomes = channel.wait_for_outcomes(
             batch_id, expected=len(deliveries), timeout=settings.NOTIFY_WAIT_SECONDS

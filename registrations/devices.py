@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from django.db import transaction
 from django.utils import timezone
 
-from bouncer.errors import BouncerError, ErrorCode
+from bouncer.errors import BouncerError, ErrorCode, service_unavailable
 from registrations import keys, sealing
 from registrations.models import RemotePushDevice, RemoteRealm, RemoteZulipServer
 from registrations.realms import find_realm
@@ -60,11 +60,8 @@ def register_device(
         private = keys.private_key_for(bouncer_public_key)
     except keys.KeyUnavailable as e:
         logger.critical("%s: E2EE registrations to it are refused until it is fixed", e)
-        raise BouncerError(
-            "Push registration service misconfigured, retry later",
-            code=ErrorCode.SERVICE_UNAVAILABLE,
-            status=503,
-            headers={"Retry-After": "60"},
+        raise service_unavailable(
+            "Push registration service misconfigured, retry later", retry_after=60
         ) from None
     if private is None:
         raise BouncerError("Invalid bouncer_public_key", code=ErrorCode.INVALID_BOUNCER_PUBLIC_KEY)
