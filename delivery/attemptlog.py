@@ -13,6 +13,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from datetime import datetime
 from typing import Any
 
@@ -77,8 +78,8 @@ class _Buffer:
             self._rows.put(row)
 
     def _run(self) -> None:
-        stop = threading.Event()
-        while not stop.wait(FLUSH_SECONDS):
+        while True:  # a daemon thread: it ends with the process, after the shutdown flush
+            time.sleep(FLUSH_SECONDS)
             self.flush()
 
     def flush(self) -> None:
