@@ -4,6 +4,7 @@ import base64
 import json
 import secrets
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from django.db import connection
 from django.test import Client
 from django.test.client import Client as DjangoClient
 from django.utils import timezone
+from prometheus_client.parser import text_string_to_metric_families
 
 from registrations import sealing
 from registrations.models import RemotePushDevice, RemoteRealm, RemoteZulipServer
@@ -79,6 +81,28 @@ class ZulipServer:
         }
         defaults.update(fields)
         return RemoteRealm.objects.create(server=self.row, **defaults)
+
+
+def wait_until(predicate: Callable[[], object], timeout: float) -> bool:
+    """Poll `predicate` until it is true or `timeout` seconds pass (other processes at work)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def delivered_notifications(metrics_text: str, *, provider: str = "apns") -> float:
+    """bouncer_notifications_total{outcome="delivered"} for a provider, from /metrics text."""
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.name == "bouncer_notifications_total" and sample.labels == {
+                "provider": provider,
+                "outcome": "delivered",
+            }:
+                return sample.value
+    return 0.0
 
 
 def at_once[T](action: Callable[[], T], *, times: int) -> list[T]:

@@ -25,8 +25,8 @@ import httpx
 import psycopg
 import pytest
 import trustme
-from prometheus_client.parser import text_string_to_metric_families
 
+from tests.conftest import delivered_notifications, wait_until
 from tests.fakes.apns import FakeApns, SigningKey
 from tests.fakes.tls import loopback_tls
 from tests.services import RedisServer, free_port, wait_for_port
@@ -72,34 +72,27 @@ class Unit:
             hostname=hostname,
         )
 
-    def run_oneshot(self, env: dict[str, str]) -> str:
-        output = ""
-        for command in [*self.pre, *self.start]:
-            done = subprocess.run(
-                command,
-                cwd=self.working_directory,
-                env={**env, **self.environment},
-                capture_output=True,
-                text=True,
-                timeout=120,
-                check=False,
-            )
-            output += done.stdout + done.stderr
-            assert done.returncode == 0, f"{self.name}: {command} failed:\n{output}"
+    def _run(self, command: list[str], env: dict[str, str], *, timeout: float) -> str:
+        """One ExecStart/ExecStartPre line, as systemd runs it: a failure stops the unit."""
+        done = subprocess.run(
+            command,
+            cwd=self.working_directory,
+            env={**env, **self.environment},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        output = done.stdout + done.stderr
+        assert done.returncode == 0, f"{self.name}: {command} failed:\n{output}"
         return output
+
+    def run_oneshot(self, env: dict[str, str]) -> str:
+        return "".join(self._run(c, env, timeout=120) for c in [*self.pre, *self.start])
 
     def start_service(self, env: dict[str, str], log_dir: Path, *, tag: str = "") -> "Unit":
         for command in self.pre:
-            done = subprocess.run(
-                command,
-                cwd=self.working_directory,
-                env={**env, **self.environment},
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
-            )
-            assert done.returncode == 0, f"{self.name}: {command}:\n{done.stdout}{done.stderr}"
+            self._run(command, env, timeout=60)
         [command] = self.start
         self.log_path = log_dir / f"{self.name}-{self.hostname}{tag}.log"
         self._log = self.log_path.open("wb")
@@ -276,26 +269,6 @@ def _onboard(inst: Installation, tokens: list[str]) -> ZulipServerClient:
     return zulip
 
 
-def _delivered_counter(metrics_text: str) -> float:
-    for family in text_string_to_metric_families(metrics_text):
-        for sample in family.samples:
-            if sample.name == "bouncer_notifications_total" and sample.labels == {
-                "provider": "apns",
-                "outcome": "delivered",
-            }:
-                return sample.value
-    return 0.0
-
-
-def _wait_until(predicate: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_the_units_serve_a_zulip_server_and_stop_cleanly_on_sigterm(
     installation: Installation,
 ) -> None:
@@ -338,14 +311,14 @@ def test_the_units_serve_a_zulip_server_and_stop_cleanly_on_sigterm(
 
         # The workers' counters reach the web's /metrics (Prometheus multi-process mode).
         metrics = httpx.get(f"{inst.web_url}/metrics", timeout=10).text
-        assert _delivered_counter(metrics) == 6, metrics
+        assert delivered_notifications(metrics) == 6, metrics
 
         # SIGTERM while a notify waits on Apple: the request is finished, then gunicorn exits.
         inst.apns.latency_ms = (1500, 1500)
         answers: list[httpx.Response] = []
         slow = threading.Thread(target=lambda: answers.append(zulip.notify(tokens[:1])))
         slow.start()
-        assert _wait_until(lambda: len(inst.apns.received) == 7, 10)
+        assert wait_until(lambda: len(inst.apns.received) == 7, 10)
         assert web.terminate() == 0, web.log()
         slow.join(timeout=30)
         assert answers[0].status_code == 200
@@ -411,7 +384,7 @@ def test_a_rolling_restart_of_the_workers_loses_and_repeats_no_delivery(
         def all_delivered() -> bool:
             return all(any(r.status == 200 for r in inst.apns.requests_for(t)) for t in tokens)
 
-        assert _wait_until(all_delivered, 60), "\n".join(u.log() for u in running)
+        assert wait_until(all_delivered, 60), "\n".join(u.log() for u in running)
         time.sleep(1)
         for token in tokens:
             assert [r.status for r in inst.apns.requests_for(token)] == [200]

@@ -4,7 +4,6 @@ down, and recovers by itself when it is back."""
 
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import uuid
@@ -17,10 +16,9 @@ from django.db import connection
 from registrations import sealing
 from registrations.models import RemotePushDevice
 from tests.conftest import make_server
-from tests.services import PostgresCluster, RedisServer, free_port, wait_for_port
+from tests.services import ROOT, Gunicorn, PostgresCluster, RedisServer
 from tests.zulip_server_side import INTERNAL_SERVER_ERROR_ON_BOUNCER, e2ee_test_notification_result
 
-ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "c0ffee" * 10 + "abcd"
 
 
@@ -37,24 +35,15 @@ def test_broker_down_is_a_503_and_the_web_recovers_without_a_restart(tmp_path: P
     )
     broker = RedisServer()
     broker.start()
-    port = free_port()
     db = connection.settings_dict
     env = {
         **os.environ,
         "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
         "CELERY_BROKER_URL": broker.url,
         "NOTIFY_WAIT_SECONDS": "0.3",
-        "GUNICORN_BIND": f"127.0.0.1:{port}",
         "GUNICORN_WORKERS": "1",
     }
-    log = (tmp_path / "gunicorn.log").open("wb")
-    web = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py"],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    web = Gunicorn(env=env, log_path=tmp_path / "gunicorn.log")
     body = {
         "realm_uuid": str(realm.uuid),
         "push_requests": [
@@ -65,9 +54,9 @@ def test_broker_down_is_a_503_and_the_web_recovers_without_a_restart(tmp_path: P
             }
         ],
     }
-    url = f"http://127.0.0.1:{port}/api/v1/remotes/push/e2ee/notify"
+    url = f"{web.url}/api/v1/remotes/push/e2ee/notify"
     try:
-        wait_for_port(port, timeout=30)
+        web.start()
         assert (
             httpx.post(url, json=body, auth=(server.uuid, server.key), timeout=10).status_code
             == 200
@@ -81,31 +70,22 @@ def test_broker_down_is_a_503_and_the_web_recovers_without_a_restart(tmp_path: P
             e2ee_test_notification_result(status=503, body=down.json(), requested_token_ids=[])
             == INTERNAL_SERVER_ERROR_ON_BOUNCER
         )
-        ready = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=10)
+        ready = httpx.get(f"{web.url}/ready", timeout=10)
         assert ready.status_code == 503
         assert ready.json()["failed"] == ["broker unavailable"]
         broker.start()  # same port: the web process reconnects by itself
         up = httpx.post(url, json=body, auth=(server.uuid, server.key), timeout=10)
         assert up.status_code == 200, up.text
     finally:
-        web.send_signal(signal.SIGTERM)
-        web.wait(timeout=30)
-        log.close()
+        web.stop()
         broker.stop()
 
 
 def test_database_down_is_a_503_and_the_web_recovers_without_a_restart(tmp_path: Path) -> None:
     database = PostgresCluster()
     database.start()
-    port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": database.url,
-        "GUNICORN_BIND": f"127.0.0.1:{port}",
-        "GUNICORN_WORKERS": "1",
-    }
-    log = (tmp_path / "gunicorn.log").open("wb")
-    web: subprocess.Popen[bytes] | None = None
+    env = {**os.environ, "DATABASE_URL": database.url, "GUNICORN_WORKERS": "1"}
+    web = Gunicorn(env=env, log_path=tmp_path / "gunicorn.log")
     try:
         subprocess.run(
             [sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"],
@@ -114,15 +94,8 @@ def test_database_down_is_a_503_and_the_web_recovers_without_a_restart(tmp_path:
             check=True,
             timeout=120,
         )
-        web = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        wait_for_port(port, timeout=30)
-        base = f"http://127.0.0.1:{port}/api/v1/remotes/"
+        web.start()
+        base = f"{web.url}/api/v1/remotes/"
         org_id, org_key = str(uuid.uuid4()), secrets.token_hex(32)
         registered = httpx.post(
             base + "server/register",
@@ -147,7 +120,7 @@ def test_database_down_is_a_503_and_the_web_recovers_without_a_restart(tmp_path:
             "code": "SERVICE_UNAVAILABLE",
         }
         assert down.headers["Retry-After"] == "10"
-        ready = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=10)
+        ready = httpx.get(f"{web.url}/ready", timeout=10)
         assert ready.status_code == 503
         assert "database unavailable" in ready.json()["failed"]
 
@@ -158,8 +131,5 @@ def test_database_down_is_a_503_and_the_web_recovers_without_a_restart(tmp_path:
         assert answers[-1].status_code == 200, [a.text for a in answers]
         assert all(a.status_code in (200, 503) for a in answers)
     finally:
-        if web is not None:
-            web.send_signal(signal.SIGTERM)
-            web.wait(timeout=30)
-        log.close()
+        web.stop()
         database.stop()

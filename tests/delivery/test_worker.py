@@ -5,7 +5,6 @@ These tests commit their rows (transactional db) so the worker, another process,
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,19 +15,22 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from pytest_django.fixtures import Settings
 
 from delivery.models import DeliveryAttempt
 from registrations import sealing
 from registrations.models import RemotePushDevice, RemoteRealm
-from tests.conftest import ZulipServer, add_e2ee_devices, make_server
+from tests.conftest import (
+    ZulipServer,
+    add_e2ee_devices,
+    delivered_notifications,
+    make_server,
+    wait_until,
+)
 from tests.delivery.worker import CeleryWorker
 from tests.fakes.apns import Answer, FakeApns
-from tests.services import PostgresCluster, free_port, wait_for_port
+from tests.services import ROOT, Gunicorn, PostgresCluster, free_port, wait_for_port
 from tests.zulip_client import ZulipServerClient
-
-ROOT = Path(__file__).resolve().parent.parent.parent
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -64,15 +66,6 @@ def worker(worker_env: dict[str, str]) -> Iterator[CeleryWorker]:
     process = CeleryWorker(env=worker_env).start()
     yield process
     process.stop()
-
-
-def wait_until(predicate: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_a_notify_is_delivered_by_the_worker_and_answered_with_its_outcomes(
@@ -182,17 +175,14 @@ def test_a_database_restart_mid_batch_loses_no_delivery(
     the retry still happens, and the worker's connections recover when PostgreSQL is back."""
     database = PostgresCluster()
     database.start()
-    port = free_port()
     env = {
         **os.environ,
         **worker_env,
         "DATABASE_URL": database.url,
         "NOTIFY_WAIT_SECONDS": "0.3",
-        "GUNICORN_BIND": f"127.0.0.1:{port}",
         "GUNICORN_WORKERS": "1",
     }
-    log = (tmp_path / "web.log").open("wb")
-    web: subprocess.Popen[bytes] | None = None
+    web = Gunicorn(env=env, log_path=tmp_path / "web.log")
     worker: CeleryWorker | None = None
     try:
         manage = [sys.executable, "manage.py"]
@@ -207,16 +197,9 @@ def test_a_database_restart_mid_batch_loses_no_delivery(
             text=True,
         )
         public_key = json.loads(listing.stdout)[0]["public_key"]
-        web = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        web.start()
         worker = CeleryWorker(env=env, name="pg-restart").start()
-        wait_for_port(port, timeout=30)
-        zulip = ZulipServerClient(f"http://127.0.0.1:{port}")
+        zulip = ZulipServerClient(web.url)
         assert zulip.register().status_code == 200
         assert zulip.upload_analytics().status_code == 200
         [token] = tokens(1)
@@ -247,10 +230,7 @@ def test_a_database_restart_mid_batch_loses_no_delivery(
     finally:
         if worker is not None:
             worker.stop()
-        if web is not None:
-            web.send_signal(signal.SIGTERM)
-            web.wait(timeout=30)
-        log.close()
+        web.stop()
         database.stop()
 
 
@@ -276,14 +256,7 @@ def test_a_worker_only_machine_serves_its_own_metrics(
 
         def delivered() -> float:
             text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-            for family in text_string_to_metric_families(text):
-                for sample in family.samples:
-                    if sample.name == "bouncer_notifications_total" and sample.labels == {
-                        "provider": "apns",
-                        "outcome": "delivered",
-                    }:
-                        return sample.value
-            return 0.0
+            return delivered_notifications(text)
 
         assert wait_until(lambda: delivered() == 2, 5), worker.log()
     finally:
