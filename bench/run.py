@@ -17,6 +17,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import httpx
@@ -286,6 +287,19 @@ def bouncer_public_key() -> str:
     return pair.public_key
 
 
+def stack_for(args: argparse.Namespace) -> AbstractContextManager[Stack]:
+    """The processes under test, as the command line configures them."""
+    return stack(
+        apns_latency_ms=args.apns_latency,
+        fcm_latency_ms=args.fcm_latency,
+        celery_processes=args.workers,
+        celery_threads=args.threads,
+        celery_pool=args.pool,
+        web_workers=args.web_workers,
+        web_threads=args.web_threads,
+    )
+
+
 def run_main(args: argparse.Namespace, out: list[str]) -> None:
     started = datetime.datetime.now(datetime.UTC)
     out.append(f"# Benchmark run {started:%Y-%m-%d %H:%M} UTC\n")
@@ -295,15 +309,7 @@ def run_main(args: argparse.Namespace, out: list[str]) -> None:
         f"--concurrency {args.threads}; "
         f"gunicorn {args.web_workers} x {args.web_threads}; {args.seconds:g} s per point.\n"
     )
-    with stack(
-        apns_latency_ms=args.apns_latency,
-        fcm_latency_ms=args.fcm_latency,
-        celery_processes=args.workers,
-        celery_threads=args.threads,
-        celery_pool=args.pool,
-        web_workers=args.web_workers,
-        web_threads=args.web_threads,
-    ) as s:
+    with stack_for(args) as s:
         setup_django(s)
         import workloads
 
@@ -353,15 +359,7 @@ def run_rows(args: argparse.Namespace) -> list[str]:
     import workloads
 
     out = ["\n## Device look-up as the table grows\n"]
-    with stack(
-        apns_latency_ms=args.apns_latency,
-        fcm_latency_ms=args.fcm_latency,
-        celery_processes=args.workers,
-        celery_threads=args.threads,
-        celery_pool=args.pool,
-        web_workers=args.web_workers,
-        web_threads=args.web_threads,
-    ) as s:
+    with stack_for(args) as s:
         setup_django(s)
         from registrations import sealing
 
@@ -381,7 +379,9 @@ def run_rows(args: argparse.Namespace) -> list[str]:
             print(rows_table[-1], flush=True)
             token_ids = [sealing.token_id_int(t) for _, t in tenants[0].e2ee_tokens[:3]]
             plan = workloads.device_lookup_plan(tenants[0].realm_uuid, token_ids)
-            legacy_plan = workloads.legacy_lookup_plan(tenants[0], tenants[0].legacy_users[0])
+            legacy_plan = workloads.legacy_lookup_plan(
+                tenants[0], next(iter(tenants[0].legacy_users))
+            )
             plans.append(
                 f"### {rows:,} E2EE devices\n\nE2EE notify look-up:\n\n```\n{plan}\n```\n\n"
                 f"Legacy notify look-up:\n\n```\n{legacy_plan}\n```\n"

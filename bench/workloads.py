@@ -8,7 +8,6 @@ each; a request goes out as one of them, in turn.
 
 import base64
 import itertools
-import json
 import os
 import random
 import secrets
@@ -40,7 +39,8 @@ class Tenant:
     key: str
     realm_uuid: str
     e2ee_tokens: list[tuple[str, str]] = field(default_factory=list)  # (kind, token)
-    legacy_users: list[int] = field(default_factory=list)
+    # user id -> (APNs token, FCM token): a legacy user with one phone of each kind
+    legacy_users: dict[int, tuple[str, str]] = field(default_factory=dict)
 
     @property
     def auth(self) -> tuple[str, str]:
@@ -78,38 +78,28 @@ def create_tenants(*, servers: int, e2ee_per_server: int, legacy_users: int) -> 
         RemotePushDevice.objects.bulk_create(devices, batch_size=5000)
         legacy = []
         for user_id in range(100, 100 + legacy_users):
-            tenant.legacy_users.append(user_id)
-            legacy.append(
+            apns_token, fcm_token = secrets.token_hex(32), f"fcm-{secrets.token_hex(70)}"
+            tenant.legacy_users[user_id] = (apns_token, fcm_token)
+            legacy += [
                 RemotePushDeviceToken(
                     server=server,
                     remote_realm=realm,
                     user_id=user_id,
                     kind=RemotePushDeviceToken.Kind.APNS,
-                    token=secrets.token_hex(32),
+                    token=apns_token,
                     ios_app_id="org.zulip.Zulip",
-                )
-            )
-            legacy.append(
+                ),
                 RemotePushDeviceToken(
                     server=server,
                     remote_realm=realm,
                     user_id=user_id,
                     kind=RemotePushDeviceToken.Kind.FCM,
-                    token=f"fcm-{secrets.token_hex(70)}",
-                )
-            )
+                    token=fcm_token,
+                ),
+            ]
         RemotePushDeviceToken.objects.bulk_create(legacy, batch_size=5000)
         tenants.append(tenant)
     return tenants
-
-
-def legacy_tokens(tenant: Tenant, user_id: int) -> tuple[list[str], list[str]]:
-    from legacy.models import RemotePushDeviceToken
-
-    rows = RemotePushDeviceToken.objects.filter(server__uuid=tenant.uuid, user_id=user_id)
-    apple = [r.token for r in rows if r.kind == RemotePushDeviceToken.Kind.APNS]
-    android = [r.token for r in rows if r.kind == RemotePushDeviceToken.Kind.FCM]
-    return apple, android
 
 
 def e2ee_notify(tenants: list[Tenant], devices: int) -> Iterator[Request]:
@@ -142,16 +132,15 @@ def e2ee_notify(tenants: list[Tenant], devices: int) -> Iterator[Request]:
 def legacy_notify(tenants: list[Tenant]) -> Iterator[Request]:
     bodies: list[Request] = []
     for tenant in tenants:
-        for user_id in tenant.legacy_users:
-            apple, android = legacy_tokens(tenant, user_id)
+        for user_id, (apns_token, fcm_token) in tenant.legacy_users.items():
             body = {
                 "user_id": user_id,
                 "realm_uuid": tenant.realm_uuid,
                 "apns_payload": APNS_PAYLOAD,
                 "gcm_payload": GCM_PAYLOAD,
                 "gcm_options": {"priority": "high"},
-                "apple_devices": apple,
-                "android_devices": android,
+                "apple_devices": [apns_token],
+                "android_devices": [fcm_token],
             }
             bodies.append(("POST", "push/notify", tenant.auth, body, None))
     random.shuffle(bodies)
@@ -184,30 +173,9 @@ def e2ee_registrations(tenants: list[Tenant], public_key: str, count: int) -> It
 
 
 def analytics_upload(tenant: Tenant) -> Request:
-    realm = {
-        "id": 2,
-        "host": "chat.example.org",
-        "url": "https://chat.example.org",
-        "name": "Bench",
-        "org_type": 0,
-        "date_created": time.time(),
-        "deactivated": False,
-        "is_system_bot_realm": False,
-        "authentication_methods": {"Email": True},
-        "uuid": tenant.realm_uuid,
-        "uuid_owner_secret": "zuliprealm_secret",
-    }
-    data = {
-        "realm_counts": [],
-        "installation_counts": [],
-        "realmauditlog_rows": [],
-        "realms": [realm],
-        "version": "12.0",
-        "merge_base": "12.0",
-        "api_feature_level": 483,
-    }
-    form = {k: json.dumps(v) for k, v in data.items()}
-    return ("POST", "server/analytics", tenant.auth, None, form)
+    from tests.zulip_client import analytics_form
+
+    return ("POST", "server/analytics", tenant.auth, None, analytics_form(tenant.realm_uuid))
 
 
 def mixed(tenants: list[Tenant], public_key: str) -> Iterator[Request]:
