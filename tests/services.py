@@ -65,7 +65,6 @@ class PostgresCluster:
         self.data = self.root / "data"
         self.port = free_port()
         self._as_postgres: Callable[[], None] | None = None
-        self._options = ""
         if os.geteuid() == 0:
             pw = pwd.getpwnam("postgres")
             os.chown(self.root, pw.pw_uid, pw.pw_gid)
@@ -99,32 +98,7 @@ class PostgresCluster:
             "UTF8",
             "--no-sync",
         )
-        options = " ".join(
-            [
-                f"-p {self.port}",
-                "-c listen_addresses=127.0.0.1",
-                f"-c unix_socket_directories={self.root}",
-                # A throwaway cluster: durability buys nothing here and costs time.
-                "-c fsync=off",
-                "-c synchronous_commit=off",
-                "-c full_page_writes=off",
-                "-c max_connections=200",
-            ]
-        )
-        self._options = options
-        self._run(
-            _pg_binary("pg_ctl"),
-            "-D",
-            str(self.data),
-            "-o",
-            options,
-            "-l",
-            str(self.root / "postgres.log"),
-            "-w",
-            "-t",
-            "30",
-            "start",
-        )
+        self.resume()
 
     def stop(self) -> None:
         self.halt(mode="immediate")
@@ -137,12 +111,25 @@ class PostgresCluster:
             self._run(_pg_binary("pg_ctl"), "-D", str(self.data), "-m", mode, "stop")
 
     def resume(self) -> None:
+        """Start the server on its data directory (after start()'s initdb, or a halt())."""
+        options = " ".join(
+            [
+                f"-p {self.port}",
+                "-c listen_addresses=127.0.0.1",
+                f"-c unix_socket_directories={self.root}",
+                # A throwaway cluster: durability buys nothing here and costs time.
+                "-c fsync=off",
+                "-c synchronous_commit=off",
+                "-c full_page_writes=off",
+                "-c max_connections=200",
+            ]
+        )
         self._run(
             _pg_binary("pg_ctl"),
             "-D",
             str(self.data),
             "-o",
-            self._options,
+            options,
             "-l",
             str(self.root / "postgres.log"),
             "-w",
