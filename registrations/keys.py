@@ -136,6 +136,18 @@ def import_keys(*, keys: dict[str, str]) -> list[BouncerKeyPair]:
     return imported
 
 
+def _open(public_key: str, sealed: bytes) -> PrivateKey:
+    """Unseal a stored private key with BOUNCER_KEY_ENCRYPTION_KEY."""
+    try:
+        return sealing.open_private_key(
+            sealed, encryption_key_b64=settings.BOUNCER_KEY_ENCRYPTION_KEY
+        )
+    except CryptoError:
+        raise KeyUnavailable(
+            f"Bouncer key pair {public_key} cannot be opened with BOUNCER_KEY_ENCRYPTION_KEY"
+        ) from None
+
+
 def unopenable_keys() -> list[str]:
     """Public keys of active pairs that BOUNCER_KEY_ENCRYPTION_KEY cannot open."""
     broken = []
@@ -143,10 +155,8 @@ def unopenable_keys() -> list[str]:
         "public_key", "sealed_private_key"
     ):
         try:
-            sealing.open_private_key(
-                bytes(sealed), encryption_key_b64=settings.BOUNCER_KEY_ENCRYPTION_KEY
-            )
-        except CryptoError:
+            _open(public, bytes(sealed))
+        except KeyUnavailable:
             broken.append(public)
     return broken
 
@@ -176,14 +186,7 @@ def private_key_for(public_key: str) -> PrivateKey | None:
     with _cache_lock:
         cached = _opened.get(cache_key)
     if cached is None:
-        try:
-            cached = sealing.open_private_key(
-                bytes(sealed), encryption_key_b64=settings.BOUNCER_KEY_ENCRYPTION_KEY
-            )
-        except CryptoError:
-            raise KeyUnavailable(
-                f"Bouncer key pair {public_key} cannot be opened with BOUNCER_KEY_ENCRYPTION_KEY"
-            ) from None
+        cached = _open(public_key, bytes(sealed))
         with _cache_lock:
             _opened[cache_key] = cached
     return cached
