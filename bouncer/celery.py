@@ -38,4 +38,4 @@ def _flush_delivery_log(**kwargs: Any) -> None:
     # Warm shutdown: the batches are done; their log rows are still buffered.
     from delivery import attemptlog
 
-    attemptlog.flush()
+    attemptlog.stop()

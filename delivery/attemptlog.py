@@ -2,10 +2,11 @@
 
 A row per delivery attempt is what operators need, but one INSERT transaction per batch made
 the log the single largest cost of a notification (bench/README.md: turning it off raised
-throughput by ~45%). Worker processes therefore queue the rows and a background thread writes
-whatever has accumulated every FLUSH_SECONDS in one COPY (PostgreSQL; a bulk insert
-elsewhere). A graceful shutdown flushes what is left; a worker killed outright loses at most
-FLUSH_SECONDS of log rows, never a delivery. In-process (make run, CELERY_TASK_ALWAYS_EAGER)
+throughput by ~45%). Web and worker processes therefore queue the rows and a background
+thread writes whatever has accumulated every FLUSH_SECONDS in one COPY (PostgreSQL; a bulk
+insert elsewhere). A graceful shutdown flushes what is left (gunicorn's worker_exit hook,
+Celery's shutdown signals); a process killed outright loses at most FLUSH_SECONDS of log
+rows, never a delivery. In-process (make run, CELERY_TASK_ALWAYS_EAGER)
 rows are written at once.
 """
 
@@ -13,7 +14,6 @@ import logging
 import os
 import queue
 import threading
-import time
 from datetime import datetime
 from typing import Any
 
@@ -70,6 +70,7 @@ class _Buffer:
         self.pid = os.getpid()
         self._rows: queue.SimpleQueue[Row] = queue.SimpleQueue()
         self._lock = threading.Lock()  # one flush at a time (the thread, or shutdown)
+        self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="delivery-log", daemon=True)
         self._thread.start()
 
@@ -78,9 +79,15 @@ class _Buffer:
             self._rows.put(row)
 
     def _run(self) -> None:
-        while True:  # a daemon thread: it ends with the process, after the shutdown flush
-            time.sleep(FLUSH_SECONDS)
+        # A daemon thread: a process that exits without stop() loses what is buffered.
+        while not self._stopping.wait(FLUSH_SECONDS):
             self.flush()
+        self.flush()
+        connection.close()  # this thread's own; nothing else would ever close it
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=30)
 
     def flush(self) -> None:
         with self._lock:
@@ -118,17 +125,21 @@ def _current() -> _Buffer:
 
 
 def record(rows: list[Row]) -> None:
-    """Log attempts: buffered in a worker process, written at once in-process."""
+    """Log attempts: buffered in a web or worker process, written at once without a broker."""
     if settings.CELERY_TASK_ALWAYS_EAGER:
         write_rows(rows)
     else:
         _current().add(rows)
 
 
-def flush() -> None:
-    """Write what is buffered (worker shutdown)."""
-    if _buffer is not None and _buffer.pid == os.getpid():
-        _buffer.flush()
+def stop() -> None:
+    """Write what is buffered and end the writer thread (process shutdown); a later record()
+    starts a new one."""
+    global _buffer
+    with _lock:
+        buffer, _buffer = _buffer, None
+    if buffer is not None and buffer.pid == os.getpid():
+        buffer.stop()
 
 
 def row(

@@ -1,4 +1,7 @@
-"""The worker's side of a notify request: send a batch, record what happened, retry later.
+"""Sending a batch and settling what happened: log, count, expire dead tokens, retry later.
+
+The web process sends a notify request's first attempt itself (send_first_attempt); the
+Celery workers run the retries (process_batch, through delivery.tasks.deliver_batch).
 
 A batch is JSON primitives only (it travels through the broker):
     {"id": uuid, "attempt": 1, "server_id": int, "realm_id": int | None,
@@ -13,10 +16,12 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+import redis
 from django.conf import settings
 from django.db import DatabaseError
 from django.db.models.functions import MD5, Lower
 from django.utils import timezone
+from kombu.exceptions import OperationalError as BrokerError
 
 from bouncer import metrics
 from delivery import attemptlog, channel
@@ -105,8 +110,25 @@ def _write_log(batch: Batch, rows: list[tuple[dict[str, Any], SendResult, str]])
     )
 
 
+def send_first_attempt(*, batch: Batch, schedule: Scheduler) -> dict[int, str]:
+    """The web's side: send a batch's first attempt now and settle it; outcome by index.
+
+    Sent from the web process's own event loop, within NOTIFY_WAIT_SECONDS: a delivery not
+    answered by then is cancelled and retried in the background like any timeout. Nothing
+    of the batch is left in this process once this returns, so a web process that dies
+    mid-send has answered nothing, and the Zulip server retries the whole request (spec:
+    it re-queues on a network error or 5xx); what still has to happen after the answer is
+    in the broker (`schedule`) before the answer goes out.
+    """
+    deliveries: list[dict[str, Any]] = batch["deliveries"]
+    started = time.time()
+    results = get_relay().send_all(deliveries, wait=settings.NOTIFY_WAIT_SECONDS)
+    outcomes = _settle(batch, deliveries, results, schedule, started=started)
+    return {d["i"]: outcome for d, outcome in zip(deliveries, outcomes, strict=True)}
+
+
 def process_batch(*, batch: Batch, schedule: Scheduler) -> None:
-    """Send what has not been sent, record outcomes, expire dead tokens, schedule retries."""
+    """The worker's side (retries): send what has not been sent yet, then settle."""
     deliveries: list[dict[str, Any]] = batch["deliveries"]
     states = channel.claim_all(batch["id"], batch["attempt"], [d["i"] for d in deliveries])
     to_send = [d for d in deliveries if states[d["i"]] == "claimed"]
@@ -120,32 +142,36 @@ def process_batch(*, batch: Batch, schedule: Scheduler) -> None:
 
     relay = get_relay()
     worker_channel = relay.channel
-    report = batch["attempt"] == 1
-    now = time.time()
-    exhausted = give_up(attempt=batch["attempt"], now=now, give_up_at=batch["give_up_at"])
 
-    async def on_result(delivery: dict[str, Any], result: SendResult) -> None:
-        outcome = result.verdict.value
-        if result.verdict == Verdict.RETRY and exhausted:
-            outcome = DeliveryAttempt.Outcome.GAVE_UP.value
-        await worker_channel.record(
-            batch_id=batch["id"],
-            attempt=batch["attempt"],
-            outcome=channel.Outcome(
-                index=delivery["i"],
-                outcome=outcome,
-                status=result.status,
-                reason=result.reason or "",
-            ),
-            report=report,
+    async def mark_done(delivery: dict[str, Any], result: SendResult) -> None:
+        await worker_channel.mark_done(
+            batch_id=batch["id"], attempt=batch["attempt"], index=delivery["i"]
         )
 
-    results = relay.send_all(to_send, on_result)
+    started = time.time()
+    results = relay.send_all(to_send, on_result=mark_done)
+    _settle(batch, to_send, results, schedule, started=started)
 
+
+def _settle(
+    batch: Batch,
+    sent: list[dict[str, Any]],
+    results: list[SendResult],
+    schedule: Scheduler,
+    *,
+    started: float,
+) -> list[str]:
+    """Log and count each result, schedule retries, expire dead tokens; the outcomes.
+
+    Raises what `schedule` raised (the broker is down) once the rest is done: the caller
+    must not treat a retry that was never queued as handled.
+    """
+    now = started  # the attempt's time: a retry due at the deadline still happens
+    exhausted = give_up(attempt=batch["attempt"], now=now, give_up_at=batch["give_up_at"])
     rows: list[tuple[dict[str, Any], SendResult, str]] = []
     dead: list[dict[str, Any]] = []
     retry: list[tuple[dict[str, Any], SendResult]] = []
-    for delivery, result in zip(to_send, results, strict=True):
+    for delivery, result in zip(sent, results, strict=True):
         outcome = result.verdict.value
         if result.verdict == Verdict.TOKEN_DEAD:
             dead.append(delivery)
@@ -166,6 +192,7 @@ def process_batch(*, batch: Batch, schedule: Scheduler) -> None:
 
     # Retries first: they go through the broker, and a database outage below must not lose
     # a delivery that still has to happen.
+    unscheduled: Exception | None = None
     if retry:
         delay = max(
             next_retry_delay(
@@ -177,17 +204,20 @@ def process_batch(*, batch: Batch, schedule: Scheduler) -> None:
         )
         # Never past the point of giving up: the last attempt happens at the deadline.
         delay = min(delay, max(batch["give_up_at"] - now, 0))
-        schedule(
-            {**batch, "attempt": batch["attempt"] + 1, "deliveries": [d for d, _ in retry]},
-            delay,
-        )
+        try:
+            schedule(
+                {**batch, "attempt": batch["attempt"] + 1, "deliveries": [d for d, _ in retry]},
+                delay,
+            )
+        except (BrokerError, redis.RedisError) as e:  # re-raised once the rest is recorded
+            unscheduled = e
     try:
         expire_dead_tokens(protocol=batch["protocol"], dead=dead)
         _write_log(batch, rows)
     except DatabaseError as e:
-        # PostgreSQL down or restarting. The deliveries themselves are done and their outcomes
-        # reported; a dead token not expired now is reported dead again by Apple or Google on
-        # its next notification, and expired then.
+        # PostgreSQL down or restarting. The deliveries themselves are done; a dead token not
+        # expired now is reported dead again by Apple or Google on its next notification,
+        # and expired then.
         logger.error(
             "Batch %s attempt %d: database unavailable, %d dead tokens not expired yet "
             "(and, in-process, %d delivery log rows lost): %s",
@@ -197,6 +227,9 @@ def process_batch(*, batch: Batch, schedule: Scheduler) -> None:
             len(rows),
             e,
         )
+    if unscheduled is not None:
+        raise unscheduled
+    return [outcome for _, _, outcome in rows]
 
 
 def retry_window_deadline(*, now: float, expiration: float | None = None) -> float:

@@ -1,19 +1,15 @@
-"""How a notify request and the worker delivering its batch talk: outcomes and claims.
+"""Claims: a retry batch re-delivered after its worker died sends only what was never answered.
 
-The worker pushes each delivery's outcome onto a Redis list named after the batch as soon
-as APNs or FCM answers; the web process waiting on that request pops them with BLPOP until
-it has them all or NOTIFY_WAIT_SECONDS run out. Claims make a re-run harmless: a delivery
-is claimed (SET NX with a lifetime) before it is sent and marked done as soon as its outcome
-is known, so a batch re-delivered after a worker died sends only what was never answered.
+A retry batch's delivery is claimed (SET NX with a lifetime) before it is sent and marked
+done as soon as Apple or Google answers it; a re-run finds it done and skips it, or finds a
+live claim and looks again once the claim has lapsed. (A notify request's first attempt
+needs none: the web process sends it itself and nothing re-runs it.)
 
-Without a broker (`make run`) tasks run in-process and the same protocol runs in memory.
+Without a broker (`make run`) retries run in-process and the same protocol runs in memory.
 """
 
-import json
 import threading
 import time
-from collections import defaultdict
-from dataclasses import dataclass
 from functools import cache
 from typing import Literal
 
@@ -21,30 +17,9 @@ import redis
 import redis.asyncio
 from django.conf import settings
 
-OUTCOMES_TTL_SECONDS = 300
 DONE_TTL_SECONDS = 24 * 60 * 60
 
 ClaimState = Literal["claimed", "done", "busy"]
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    index: int
-    outcome: str
-    status: int | None
-    reason: str
-
-    def dumps(self) -> str:
-        return json.dumps([self.index, self.outcome, self.status, self.reason])
-
-    @classmethod
-    def loads(cls, raw: bytes | str) -> "Outcome":
-        index, outcome, status, reason = json.loads(raw)
-        return cls(index=index, outcome=outcome, status=status, reason=reason)
-
-
-def _outcomes_key(batch_id: str) -> str:
-    return f"bouncer:outcomes:{batch_id}"
 
 
 def _claim_key(batch_id: str, index: int, attempt: int) -> str:
@@ -55,29 +30,12 @@ class _MemoryChannel:
     """The in-process stand-in used when there is no broker."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._outcomes: dict[str, list[str]] = defaultdict(list)
+        self._lock = threading.Lock()
         self._claims: dict[str, tuple[str, float]] = {}
-
-    def publish(self, batch_id: str, outcome: Outcome) -> None:
-        with self._cond:
-            self._outcomes[batch_id].append(outcome.dumps())
-            self._cond.notify_all()
-
-    def wait(self, batch_id: str, expected: int, timeout: float) -> list[Outcome]:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while len(self._outcomes[batch_id]) < expected:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-            raw = self._outcomes.pop(batch_id, [])
-        return [Outcome.loads(r) for r in raw]
 
     def claim(self, key: str) -> ClaimState:
         now = time.monotonic()
-        with self._cond:
+        with self._lock:
             value, expires = self._claims.get(key, ("", 0.0))
             if value == "done":
                 return "done"
@@ -87,7 +45,7 @@ class _MemoryChannel:
             return "claimed"
 
     def mark_done(self, key: str) -> None:
-        with self._cond:
+        with self._lock:
             self._claims[key] = ("done", time.monotonic() + DONE_TTL_SECONDS)
 
 
@@ -96,40 +54,16 @@ _memory = _MemoryChannel()
 
 @cache
 def _redis(url: str) -> redis.Redis:
-    # BLPOP holds the socket for up to NOTIFY_WAIT_SECONDS; the socket timeout must exceed it.
     return redis.Redis.from_url(
         url,
-        socket_timeout=settings.NOTIFY_WAIT_SECONDS + 5,
+        socket_timeout=5,
         socket_connect_timeout=5,
         health_check_interval=30,
     )
 
 
-def wait_for_outcomes(batch_id: str, *, expected: int, timeout: float) -> list[Outcome]:
-    """The outcomes of a batch's first attempt that arrive within `timeout` seconds."""
-    if not settings.REDIS_URL:
-        return _memory.wait(batch_id, expected, timeout)
-    client = _redis(settings.REDIS_URL)
-    key = _outcomes_key(batch_id)
-    deadline = time.monotonic() + timeout
-    raw: list[bytes | str] = []
-    while len(raw) < expected:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        popped = client.blpop([key], timeout=max(remaining, 0.01))
-        if popped is None:
-            break
-        raw.append(popped[1])
-        # Whatever else has arrived meanwhile, in one round trip.
-        more = client.lpop(key, expected - len(raw)) if len(raw) < expected else None
-        if isinstance(more, list):
-            raw.extend(more)
-    return [Outcome.loads(r) for r in raw]
-
-
 class WorkerChannel:
-    """The worker's side, used from the delivery event loop (async) and task threads (sync)."""
+    """The claims' async side, used from the delivery event loop."""
 
     def __init__(self) -> None:
         self._async_client: redis.asyncio.Redis | None = None
@@ -141,20 +75,13 @@ class WorkerChannel:
             )
         return self._async_client
 
-    async def record(self, *, batch_id: str, attempt: int, outcome: Outcome, report: bool) -> None:
-        """Mark a delivery done and, for a first attempt, tell the waiting request."""
-        key = _claim_key(batch_id, outcome.index, attempt)
+    async def mark_done(self, *, batch_id: str, attempt: int, index: int) -> None:
+        """A delivery of a retry batch has its answer: a re-run of the batch skips it."""
+        key = _claim_key(batch_id, index, attempt)
         if not settings.REDIS_URL:
             _memory.mark_done(key)
-            if report:
-                _memory.publish(batch_id, outcome)
             return
-        pipe = self._client().pipeline(transaction=False)
-        pipe.set(key, "done", ex=DONE_TTL_SECONDS)
-        if report:
-            pipe.rpush(_outcomes_key(batch_id), outcome.dumps())
-            pipe.expire(_outcomes_key(batch_id), OUTCOMES_TTL_SECONDS)
-        await pipe.execute()
+        await self._client().set(key, "done", ex=DONE_TTL_SECONDS)
 
 
 def claim_all(batch_id: str, attempt: int, indexes: list[int]) -> dict[int, ClaimState]:

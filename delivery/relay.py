@@ -1,9 +1,10 @@
-"""One asyncio event loop per worker process, holding the persistent HTTP/2 connections.
+"""One asyncio event loop per process, holding the persistent HTTP/2 connections.
 
-Celery runs tasks in threads (`--pool threads`); each task hands its deliveries to this
-loop and waits. All batches of the process share the loop, so their deliveries go out
-concurrently over the same connections, and a batch waiting on Apple does not hold a
-core: throughput is bounded by the upstreams' concurrency, not by processes / round trip.
+Web processes (gunicorn threads, a notify request's first attempt) and Celery workers
+(`--pool threads`, retries) hand their deliveries to this loop and wait. Everything the
+process sends shares the loop, so deliveries go out concurrently over the same connections
+and a request waiting on Apple does not hold a core: throughput is bounded by the upstreams'
+concurrency, not by threads / round trip.
 """
 
 import asyncio
@@ -18,7 +19,7 @@ from typing import Any
 from delivery.apns import ApnsMessage, ApnsSender
 from delivery.channel import WorkerChannel
 from delivery.fcm import FcmMessage, FcmSender
-from delivery.outcomes import SendResult, Verdict
+from delivery.outcomes import TIMEOUT, SendResult, Verdict
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,17 @@ logger = logging.getLogger(__name__)
 BATCH_TIMEOUT_SECONDS = 120
 
 OnResult = Callable[[dict[str, Any], SendResult], Awaitable[None]]
+
+
+def _retry(reason: str, started: float) -> SendResult:
+    return SendResult(
+        verdict=Verdict.RETRY,
+        status=None,
+        reason=reason,
+        upstream_id=None,
+        retry_after=None,
+        latency=time.monotonic() - started,
+    )
 
 
 def _message(delivery: dict[str, Any]) -> ApnsMessage | FcmMessage:
@@ -52,7 +64,7 @@ class Relay:
             target=self.loop.run_forever, name="delivery-loop", daemon=True
         )
         self._thread.start()
-        # One Redis connection pool for the outcomes of every batch of this process.
+        # One Redis connection pool for the claims of every retry batch of this process.
         self.channel = WorkerChannel()
         # Senders are built inside the loop: their HTTP/2 clients belong to it.
         self._apns, self._fcm = asyncio.run_coroutine_threadsafe(self._build(), self.loop).result(
@@ -62,7 +74,7 @@ class Relay:
     async def _build(self) -> tuple[ApnsSender, FcmSender]:
         return ApnsSender(), FcmSender()
 
-    async def _send_one(self, delivery: dict[str, Any], on_result: OnResult) -> SendResult:
+    async def _send_one(self, delivery: dict[str, Any], on_result: OnResult | None) -> SendResult:
         message = _message(delivery)
         started = time.monotonic()
         try:
@@ -76,25 +88,42 @@ class Relay:
                 delivery["provider"].upper(),
                 delivery["device_id"],
             )
-            result = SendResult(
-                verdict=Verdict.RETRY,
-                status=None,
-                reason=type(e).__name__,
-                upstream_id=None,
-                retry_after=None,
-                latency=time.monotonic() - started,
-            )
-        await on_result(delivery, result)
+            result = _retry(type(e).__name__, started)
+        if on_result is not None:
+            await on_result(delivery, result)
         return result
 
     async def _send_all(
-        self, deliveries: list[dict[str, Any]], on_result: OnResult
+        self, deliveries: list[dict[str, Any]], on_result: OnResult | None, wait: float | None
     ) -> list[SendResult]:
-        return list(await asyncio.gather(*(self._send_one(d, on_result) for d in deliveries)))
+        started = time.monotonic()
+        sends = [asyncio.ensure_future(self._send_one(d, on_result)) for d in deliveries]
+        if wait is None:
+            return list(await asyncio.gather(*sends))
+        _, pending = await asyncio.wait(sends, timeout=wait)
+        for send in pending:
+            send.cancel()
+        if pending:
+            await asyncio.wait(pending)  # let the cancellations unwind (semaphores, streams)
+        # Not answered in time: a timeout like any other, retried in the background. Apple or
+        # Google may still have received it; a retry after a timeout is at-least-once.
+        return [_retry(TIMEOUT, started) if send.cancelled() else send.result() for send in sends]
 
-    def send_all(self, deliveries: list[dict[str, Any]], on_result: OnResult) -> list[SendResult]:
-        """Send every delivery concurrently; `on_result` runs in the loop as each one ends."""
-        future = asyncio.run_coroutine_threadsafe(self._send_all(deliveries, on_result), self.loop)
+    def send_all(
+        self,
+        deliveries: list[dict[str, Any]],
+        *,
+        on_result: OnResult | None = None,
+        wait: float | None = None,
+    ) -> list[SendResult]:
+        """Send every delivery concurrently and return their results, in order.
+
+        `on_result` runs in the loop as each one ends. With `wait`, what is unanswered after
+        that many seconds is cancelled and comes back as a timeout (verdict retry).
+        """
+        future = asyncio.run_coroutine_threadsafe(
+            self._send_all(deliveries, on_result, wait), self.loop
+        )
         try:
             return future.result(timeout=BATCH_TIMEOUT_SECONDS)
         except FutureTimeout:

@@ -1,5 +1,5 @@
-"""The notify use cases, web side: validate, select devices, hand a batch to the workers,
-wait for outcomes, answer (zulip-delivery.md sections 2-4)."""
+"""The notify use cases: validate, select devices, send the first attempt, answer
+(zulip-delivery.md sections 2-4); retries go to the Celery workers."""
 
 import logging
 import time
@@ -8,16 +8,15 @@ from collections import defaultdict
 from typing import Any
 
 import redis
-from django.conf import settings
 from django.db.models import Q
 from kombu.exceptions import OperationalError
 
 from bouncer.errors import TEMPORARILY_UNAVAILABLE, BouncerError, ErrorCode, service_unavailable
-from delivery import channel, payloads
-from delivery.batches import retry_window_deadline
+from delivery import payloads
+from delivery.batches import retry_window_deadline, send_first_attempt
 from delivery.models import DeliveryAttempt
 from delivery.payloads import ApnsPushRequest, E2EENotifyParams, LegacyNotifyParams
-from delivery.tasks import enqueue_batch
+from delivery.tasks import schedule_batch
 from legacy.models import RemotePushDeviceToken
 from legacy.retirement import retire_shadowed
 from registrations.devices import decode_token_id
@@ -39,13 +38,17 @@ def _send(
     protocol: str,
     deliveries: list[Delivery],
     give_up_at: float,
-) -> dict[int, channel.Outcome]:
-    """Enqueue one batch and wait for its first outcomes; unseen ones are simply absent."""
+) -> dict[int, str]:
+    """Send a batch's first attempt from this process; each delivery's outcome by index.
+
+    What Apple or Google did not answer within NOTIFY_WAIT_SECONDS, or asked to be retried,
+    goes to the workers before this returns; if that cannot be queued (broker down) the
+    request fails with a 503 and the Zulip server sends it again later.
+    """
     if not deliveries:
         return {}
-    batch_id = str(uuid.uuid4())
     batch = {
-        "id": batch_id,
+        "id": str(uuid.uuid4()),
         "attempt": 1,
         "server_id": server.pk,
         "realm_id": realm.pk if realm else None,
@@ -54,35 +57,18 @@ def _send(
         "deliveries": deliveries,
     }
     try:
-        enqueue_batch(batch)
+        return send_first_attempt(batch=batch, schedule=schedule_batch)
     except (OperationalError, redis.RedisError) as e:
-        logger.error("Broker unreachable, notify refused: %s", e)
+        logger.error("Broker unreachable, retries of batch %s not queued: %s", batch["id"], e)
         raise service_unavailable(TEMPORARILY_UNAVAILABLE, retry_after=10) from None
-    try:
-        outcomes = channel.wait_for_outcomes(
-            batch_id, expected=len(deliveries), timeout=settings.NOTIFY_WAIT_SECONDS
-        )
-    except redis.RedisError as e:
-        # The batch is queued and will be delivered; answer with what is known: nothing.
-        logger.error("Batch %s: outcomes unavailable (%s); answering without them", batch_id, e)
-        outcomes = []
-    if len(outcomes) < len(deliveries):
-        logger.warning(
-            "Batch %s: %d of %d outcomes within %.1f s; the rest finish in the background",
-            batch_id,
-            len(outcomes),
-            len(deliveries),
-            settings.NOTIFY_WAIT_SECONDS,
-        )
-    return {o.index: o for o in outcomes}
 
 
-def _delivered(outcome: channel.Outcome | None) -> bool:
-    return outcome is not None and outcome.outcome == DeliveryAttempt.Outcome.DELIVERED
+def _delivered(outcome: str | None) -> bool:
+    return outcome == DeliveryAttempt.Outcome.DELIVERED
 
 
-def _dead(outcome: channel.Outcome | None) -> bool:
-    return outcome is not None and outcome.outcome == DeliveryAttempt.Outcome.TOKEN_DEAD
+def _dead(outcome: str | None) -> bool:
+    return outcome == DeliveryAttempt.Outcome.TOKEN_DEAD
 
 
 # --- E2EE ----------------------------------------------------------------------------------

@@ -16,8 +16,9 @@ logger = logging.getLogger(__name__)
 @shared_task(
     name="delivery.deliver_batch",
     acks_late=True,
-    # A worker that dies mid-batch hands the batch back to the queue; claims make the re-run
-    # send only what was never answered (delivery/channel.py).
+    # Retries (a notify's first attempt is sent by the web process). A worker that dies
+    # mid-batch hands the batch back to the queue; claims make the re-run send only what
+    # was never answered (delivery/channel.py).
     reject_on_worker_lost=True,
     ignore_result=True,
 )
@@ -45,14 +46,6 @@ def schedule_batch(batch: dict[str, Any], delay: float) -> None:
         timer.start()
         return
     deliver_batch.apply_async(args=(batch,), countdown=delay)
-
-
-def enqueue_batch(batch: dict[str, Any]) -> None:
-    """Hand a notify request's deliveries to the workers (in-process without a broker)."""
-    if settings.CELERY_TASK_ALWAYS_EAGER:
-        deliver_batch.apply(args=(batch,))
-        return
-    deliver_batch.apply_async(args=(batch,))
 
 
 @shared_task(name="delivery.prune_delivery_log", ignore_result=True)

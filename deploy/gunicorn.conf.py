@@ -1,8 +1,9 @@
 """gunicorn configuration for the bouncer's web process (`gunicorn -c deploy/gunicorn.conf.py`).
 
-Notify requests wait on the workers for APNs/FCM outcomes (tens of milliseconds, at most
-NOTIFY_WAIT_SECONDS), so each process serves many requests at once with threads; the
-numbers are overridable with GUNICORN_CMD_ARGS or these environment variables.
+A notify request waits for APNs/FCM to answer its first attempt (tens of milliseconds, at
+most NOTIFY_WAIT_SECONDS), sent from the process's own event loop, so each process serves
+many requests at once with threads; the numbers are overridable with GUNICORN_CMD_ARGS or
+these environment variables.
 """
 
 import os
@@ -32,3 +33,11 @@ def child_exit(server: object, worker: object) -> None:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)  # type: ignore[attr-defined,no-untyped-call] # gunicorn passes its Worker untyped
+
+
+def worker_exit(server: object, worker: object) -> None:
+    # Graceful exit (SIGTERM, or a worker that timed out): write the delivery log rows this
+    # process still buffers (delivery/attemptlog.py).
+    from delivery import attemptlog
+
+    attemptlog.stop()

@@ -207,6 +207,9 @@ class Gunicorn:
         wait_for_port(self.port, timeout=30)
         return self
 
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
     def stop(self) -> None:
         """SIGTERM: gunicorn finishes its requests and exits."""
         if self.process is not None and self.process.poll() is None:

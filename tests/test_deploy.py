@@ -27,7 +27,7 @@ import pytest
 import trustme
 
 from tests.conftest import delivered_notifications, wait_until
-from tests.fakes.apns import FakeApns, SigningKey
+from tests.fakes.apns import Answer, FakeApns, SigningKey
 from tests.fakes.tls import loopback_tls
 from tests.services import RedisServer, free_port, wait_for_port
 from tests.zulip_client import ZulipServerClient
@@ -299,17 +299,22 @@ def test_the_units_serve_a_zulip_server_and_stop_cleanly_on_sigterm(
         assert "text/css" in css.headers["content-type"]
 
         zulip = _onboard(inst, tokens)
-        # Each notification is delivered once, by one of the two workers sharing the queue.
-        for pair in (tokens[0:2], tokens[2:4], tokens[4:6]):
+        # The web sends each first attempt itself; one that Apple asks to retry is delivered
+        # once, by one of the two workers sharing the queue.
+        inst.apns.script(tokens[5], Answer(503, "ServiceUnavailable"))
+        for pair, sent in ((tokens[0:2], 2), (tokens[2:4], 2), (tokens[4:6], 1)):
             body = zulip.notify(pair).json()
-            assert body["apple_successfully_sent_count"] == 2, body
+            assert body["apple_successfully_sent_count"] == sent, body
+        assert wait_until(lambda: inst.apns.delivered == 6, 15), "\n".join(u.log() for u in running)
         time.sleep(0.5)
-        for token in tokens:
+        for token in tokens[:5]:
             assert [r.status for r in inst.apns.requests_for(token)] == [200]
-        handled = [w.log().count("delivered to e2ee device") for w in workers]
-        assert sum(handled) == 6
+        assert [r.status for r in inst.apns.requests_for(tokens[5])] == [503, 200]
+        assert web.log().count("delivered to e2ee device") == 5
+        assert sum(w.log().count("delivered to e2ee device") for w in workers) == 1
 
-        # The workers' counters reach the web's /metrics (Prometheus multi-process mode).
+        # The web's and the workers' counters meet in the web's /metrics (Prometheus
+        # multi-process mode).
         metrics = httpx.get(f"{inst.web_url}/metrics", timeout=10).text
         assert delivered_notifications(metrics) == 6, metrics
 
@@ -318,7 +323,7 @@ def test_the_units_serve_a_zulip_server_and_stop_cleanly_on_sigterm(
         answers: list[httpx.Response] = []
         slow = threading.Thread(target=lambda: answers.append(zulip.notify(tokens[:1])))
         slow.start()
-        assert wait_until(lambda: len(inst.apns.received) == 7, 10)
+        assert wait_until(lambda: len(inst.apns.received) == 8, 10)
         assert web.terminate() == 0, web.log()
         slow.join(timeout=30)
         assert answers[0].status_code == 200
@@ -356,6 +361,8 @@ def test_a_rolling_restart_of_the_workers_loses_and_repeats_no_delivery(
             worker.wait_for_log("ready.")
         zulip = _onboard(inst, tokens)
         inst.apns.latency_ms = (200, 400)
+        for token in tokens:  # Apple refuses every first attempt: the workers retry them all
+            inst.apns.script(token, Answer(503, "ServiceUnavailable"))
 
         sending_done = threading.Event()
         statuses: list[int] = []
@@ -387,7 +394,7 @@ def test_a_rolling_restart_of_the_workers_loses_and_repeats_no_delivery(
         assert wait_until(all_delivered, 60), "\n".join(u.log() for u in running)
         time.sleep(1)
         for token in tokens:
-            assert [r.status for r in inst.apns.requests_for(token)] == [200]
+            assert [r.status for r in inst.apns.requests_for(token)] == [503, 200]
     finally:
         for unit in running:
             unit.terminate(timeout=10)

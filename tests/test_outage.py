@@ -16,6 +16,8 @@ from django.db import connection
 from registrations import sealing
 from registrations.models import RemotePushDevice
 from tests.conftest import make_server
+from tests.fakes.apns import Answer, FakeApns, SigningKey
+from tests.fakes.tls import loopback_tls
 from tests.services import ROOT, Gunicorn, PostgresCluster, RedisServer
 from tests.zulip_server_side import INTERNAL_SERVER_ERROR_ON_BOUNCER, e2ee_test_notification_result
 
@@ -23,7 +25,11 @@ TOKEN = "c0ffee" * 10 + "abcd"
 
 
 @pytest.mark.django_db(transaction=True)
-def test_broker_down_is_a_503_and_the_web_recovers_without_a_restart(tmp_path: Path) -> None:
+def test_broker_down_is_a_503_when_a_retry_is_needed_and_the_web_recovers_without_a_restart(
+    tmp_path: Path,
+) -> None:
+    """The broker carries only retries: without it a notify Apple accepts still succeeds,
+    and one that needs a retry is refused with a 503 so the Zulip server sends it again."""
     server = make_server()
     realm = server.add_realm()
     RemotePushDevice.objects.create(
@@ -33,6 +39,10 @@ def test_broker_down_is_a_503_and_the_web_recovers_without_a_restart(tmp_path: P
         token_id=sealing.token_id_int(TOKEN),
         ios_app_id="org.zulip.Zulip",
     )
+    apns_key = SigningKey.generate()
+    key_file = tmp_path / "AuthKey.p8"
+    key_file.write_text(apns_key.private_pem)
+    apns = FakeApns(keys=[apns_key]).start()
     broker = RedisServer()
     broker.start()
     db = connection.settings_dict
@@ -42,6 +52,11 @@ def test_broker_down_is_a_503_and_the_web_recovers_without_a_restart(tmp_path: P
         "CELERY_BROKER_URL": broker.url,
         "NOTIFY_WAIT_SECONDS": "0.3",
         "GUNICORN_WORKERS": "1",
+        "APNS_TOKEN_KEY_FILE": str(key_file),
+        "APNS_TOKEN_KEY_ID": apns_key.key_id,
+        "APNS_TEAM_ID": apns_key.team_id,
+        "APNS_ENDPOINT": apns.endpoint,
+        "PUSH_CA_FILE": str(loopback_tls().ca_file),
     }
     web = Gunicorn(env=env, log_path=tmp_path / "gunicorn.log")
     body = {
@@ -55,14 +70,21 @@ def test_broker_down_is_a_503_and_the_web_recovers_without_a_restart(tmp_path: P
         ],
     }
     url = f"{web.url}/api/v1/remotes/push/e2ee/notify"
+
+    def notify() -> httpx.Response:
+        return httpx.post(url, json=body, auth=(server.uuid, server.key), timeout=10)
+
     try:
         web.start()
-        assert (
-            httpx.post(url, json=body, auth=(server.uuid, server.key), timeout=10).status_code
-            == 200
-        )
+        assert notify().json()["apple_successfully_sent_count"] == 1
         broker.stop()
-        down = httpx.post(url, json=body, auth=(server.uuid, server.key), timeout=10)
+        # Nothing to retry: the broker is not needed.
+        delivered = notify()
+        assert delivered.status_code == 200, delivered.text
+        assert delivered.json()["apple_successfully_sent_count"] == 1
+        # Apple asks for a retry, which cannot be queued.
+        apns.script(TOKEN, Answer(503, "ServiceUnavailable"))
+        down = notify()
         assert down.status_code == 503, down.text
         assert down.json()["code"] == "SERVICE_UNAVAILABLE"
         assert down.headers["Retry-After"] == "10"
@@ -70,15 +92,19 @@ def test_broker_down_is_a_503_and_the_web_recovers_without_a_restart(tmp_path: P
             e2ee_test_notification_result(status=503, body=down.json(), requested_token_ids=[])
             == INTERNAL_SERVER_ERROR_ON_BOUNCER
         )
+        assert "Broker unreachable, retries of batch" in web.log()
         ready = httpx.get(f"{web.url}/ready", timeout=10)
         assert ready.status_code == 503
         assert ready.json()["failed"] == ["broker unavailable"]
         broker.start()  # same port: the web process reconnects by itself
-        up = httpx.post(url, json=body, auth=(server.uuid, server.key), timeout=10)
+        apns.script(TOKEN, Answer(503, "ServiceUnavailable"))
+        up = notify()
         assert up.status_code == 200, up.text
+        assert up.json()["apple_successfully_sent_count"] == 0  # queued for a retry
     finally:
         web.stop()
         broker.stop()
+        apns.stop()
 
 
 def test_database_down_is_a_503_and_the_web_recovers_without_a_restart(tmp_path: Path) -> None:
