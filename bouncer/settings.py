@@ -230,6 +230,7 @@ def _rate_limit(raw: str) -> tuple[int, int]:
 # Zulip's api_by_remote_server rule: (requests, seconds) per remote server.
 BOUNCER_RATE_LIMIT = _rate_limit(env_str("BOUNCER_RATE_LIMIT", "1000/60"))
 
+# How long a notify waits for Apple and Google; what is unanswered by then is retried later.
 NOTIFY_WAIT_SECONDS = env_float("NOTIFY_WAIT_SECONDS", 10.0)
 # A request that waited longer than this in front of the web workers (the proxy's
 # X-Request-Start stamp) is answered 503 at once: overload sheds load instead of timing out.
@@ -266,11 +267,11 @@ PUSH_CA_FILE = env_str("PUSH_CA_FILE")
 # --- Celery ---------------------------------------------------------------------------------
 
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL")
-# Without a broker (make run) tasks run in-process, in the request that enqueues them.
+# Without a broker (make run) tasks run in-process: retries on a timer (delivery/tasks.py).
 CELERY_TASK_ALWAYS_EAGER = not CELERY_BROKER_URL
 CELERY_TASK_EAGER_PROPAGATES = True
 _BROKER_IS_REDIS = CELERY_BROKER_URL.startswith(("redis://", "rediss://"))
-# Redis for what a message queue cannot do: delivery outcomes and claims (delivery/channel.py)
+# Redis for what a message queue cannot do: the retry batches' claims (delivery/channel.py)
 # and shared rate limits. The broker itself when it is Redis; with RabbitMQ, set REDIS_URL.
 REDIS_URL = env_str("REDIS_URL") or (CELERY_BROKER_URL if _BROKER_IS_REDIS else "")
 CELERY_RESULT_BACKEND = REDIS_URL or None
