@@ -11,6 +11,7 @@ import redis
 from django.db.models import Q
 from kombu.exceptions import OperationalError
 
+from bouncer import rows
 from bouncer.errors import TEMPORARILY_UNAVAILABLE, BouncerError, ErrorCode, service_unavailable
 from delivery import payloads
 from delivery.batches import retry_window_deadline, send_first_attempt
@@ -74,6 +75,25 @@ def _dead(outcome: str | None) -> bool:
 # --- E2EE ----------------------------------------------------------------------------------
 
 
+def _active_devices(
+    *, realm: RemoteRealm, token_ids: set[int], device_ids: set[int]
+) -> list[RemotePushDevice]:
+    """The realm's unexpired devices named by token id or device id (through the (realm,
+    token_id) unique index and the primary key)."""
+    named = [
+        f"{column} IN ({', '.join(['%s'] * len(values))})"
+        for column, values in (("token_id", token_ids), ("device_id", device_ids))
+        if values
+    ]
+    if not named:
+        return []
+    return rows.where(
+        RemotePushDevice,
+        f"remote_realm_id = %s AND expired_time IS NULL AND ({' OR '.join(named)})",
+        [realm.pk, *token_ids, *device_ids],
+    )
+
+
 def notify_e2ee(*, server: RemoteZulipServer, params: E2EENotifyParams) -> dict[str, Any]:
     realm = find_realm(server=server, realm_uuid=params.realm_uuid, required=True)
     assert realm is not None
@@ -92,11 +112,9 @@ def notify_e2ee(*, server: RemoteZulipServer, params: E2EENotifyParams) -> dict[
             )
     token_ids = {value for kind, value in keys if kind == "token_id"}
     device_ids = {value for kind, value in keys if kind == "device_id"}
-    rows = RemotePushDevice.objects.filter(remote_realm=realm, expired_time__isnull=True).filter(
-        Q(token_id__in=token_ids) | Q(device_id__in=device_ids)
-    )
-    by_token_id = {row.token_id: row for row in rows}
-    by_device_id = {row.device_id: row for row in rows}
+    found = _active_devices(realm=realm, token_ids=token_ids, device_ids=device_ids)
+    by_token_id = {row.token_id: row for row in found}
+    by_device_id = {row.device_id: row for row in found}
 
     deliveries: list[Delivery] = []
     missing: list[int] = []

@@ -6,6 +6,7 @@ import uuid
 
 from django.http import HttpRequest
 
+from bouncer import rows
 from bouncer.errors import BouncerError, unauthorized
 from registrations import ratelimit
 from registrations.models import RemoteZulipServer
@@ -46,7 +47,7 @@ def find_server(role: str) -> RemoteZulipServer | None:
         server_uuid = uuid.UUID(role)
     except ValueError:
         return None
-    return RemoteZulipServer.objects.filter(uuid=server_uuid).first()
+    return rows.get_by(RemoteZulipServer, "uuid", server_uuid)
 
 
 def authenticate_server(request: HttpRequest) -> RemoteZulipServer:

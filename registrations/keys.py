@@ -16,6 +16,7 @@ from django.utils import timezone
 from nacl.exceptions import CryptoError
 from nacl.public import PrivateKey
 
+from bouncer import rows
 from registrations import sealing
 from registrations.models import AuditLog, BouncerKeyPair
 
@@ -175,13 +176,11 @@ def private_key_for(public_key: str) -> PrivateKey | None:
             with _cache_lock:
                 _opened[cache_key] = cached
         return cached
-    sealed = (
-        BouncerKeyPair.objects.filter(public_key=public_key, retired_at__isnull=True)
-        .values_list("sealed_private_key", flat=True)
-        .first()
-    )
-    if sealed is None:
+    # In plain SQL: it runs on every registration (bouncer/rows.py says why).
+    pair = rows.get_by(BouncerKeyPair, "public_key", public_key)
+    if pair is None or pair.retired_at is not None:
         return None
+    sealed = pair.sealed_private_key
     cache_key = (public_key, bytes(sealed))
     with _cache_lock:
         cached = _opened.get(cache_key)

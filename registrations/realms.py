@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from django.utils import timezone
 
+from bouncer import rows
 from bouncer.errors import BouncerError, missing_remote_realm, remote_realm_server_mismatch
 from registrations.models import RemoteRealm, RemoteZulipServer
 
@@ -21,7 +22,7 @@ def find_realm(*, server: RemoteZulipServer, realm_uuid: str, required: bool) ->
         parsed = uuid.UUID(realm_uuid)
     except ValueError:
         raise BouncerError("Invalid realm_uuid") from None
-    realm = RemoteRealm.objects.filter(uuid=parsed).first()
+    realm = rows.get_by(RemoteRealm, "uuid", parsed)
     if realm is None:
         if required:
             raise missing_remote_realm()

@@ -9,9 +9,12 @@ from pathlib import Path
 
 import httpx
 
+from registrations import sealing
 from tests.services import free_port, wait_for_port
+from tests.zulip_client import ZulipServerClient
 
 ROOT = Path(__file__).resolve().parent.parent
+PUBLIC_KEY = r"^[A-Za-z0-9+/]{43}=$"
 
 
 def test_make_run_serves_the_api_on_sqlite_and_prints_a_public_key() -> None:
@@ -54,6 +57,18 @@ def test_make_run_serves_the_api_on_sqlite_and_prints_a_public_key() -> None:
                     },
                     timeout=10,
                 )
+                # The look-ups written in plain SQL (bouncer/rows.py), on SQLite: server,
+                # realm, key pair, devices.
+                public_key = re.search(PUBLIC_KEY, log_path.read_text(), re.MULTILINE)
+                assert public_key is not None, log_path.read_text()
+                zulip = ZulipServerClient(f"http://127.0.0.1:{port}")
+                token = "ab" * 32
+                answers = [
+                    zulip.register(),
+                    zulip.upload_analytics(),
+                    zulip.register_e2ee(public_key.group(0), token),
+                ]
+                notified = zulip.notify([token, "cd" * 32])
             finally:
                 os.killpg(process.pid, signal.SIGTERM)
                 process.wait(timeout=20)
@@ -63,4 +78,13 @@ def test_make_run_serves_the_api_on_sqlite_and_prints_a_public_key() -> None:
         assert register.json() == {"result": "success", "msg": "", "created": True}
         assert (Path(var_dir) / "bouncer.sqlite3").exists()
         # The key pair's public half is printed (standard base64 of 32 bytes).
-        assert re.search(r"^[A-Za-z0-9+/]{43}=$", output, re.MULTILINE), output
+        assert re.search(PUBLIC_KEY, output, re.MULTILINE), output
+        assert [a.status_code for a in answers] == [200, 200, 200], output
+        assert notified.status_code == 200, output
+        body = notified.json()
+        # No APNs credentials here: the known device is a configuration fault (not sent, kept);
+        # the unknown one is reported for deletion.
+        assert body["apple_successfully_sent_count"] == 0
+        assert body["delete_token_ids"] == [
+            sealing.token_id_b64(sealing.token_id_int("cd" * 32))
+        ], body
