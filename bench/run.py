@@ -450,8 +450,22 @@ def main() -> None:
     )
     parser.add_argument("--web-workers", type=int, default=2)
     parser.add_argument("--web-threads", type=int, default=16)
-    parser.add_argument("--half-load", nargs="*", default=["e2ee-3"], choices=WORKLOADS)
-    parser.add_argument("--overload", nargs="*", default=["e2ee-3"], choices=WORKLOADS)
+    parser.add_argument(
+        "--half-load",
+        nargs="*",
+        default=["e2ee-3"],
+        choices=WORKLOADS,
+        help="workloads whose latency is measured at half their saturation load "
+        "(default e2ee-3; the flag alone: none)",
+    )
+    parser.add_argument(
+        "--overload",
+        nargs="*",
+        default=["e2ee-3"],
+        choices=WORKLOADS,
+        help="workloads driven at 4x their saturation concurrency (default e2ee-3; "
+        "the flag alone: none)",
+    )
     parser.add_argument("--scaling", type=int, nargs="*", default=[], help="e.g. 1 2 4")
     parser.add_argument("--rows", type=int, nargs="*", default=[], help="e.g. 10000 1000000")
     parser.add_argument("--no-report", action="store_true", help="print only")
