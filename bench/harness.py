@@ -210,7 +210,7 @@ def stack(
                 "-c",
                 "deploy/gunicorn.conf.py",
                 "--access-logfile",
-                "/dev/null",
+                os.environ.get("BENCH_ACCESS_LOG", "/dev/null"),
             ],
         )
         if with_worker:

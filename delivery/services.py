@@ -75,23 +75,32 @@ def _dead(outcome: str | None) -> bool:
 # --- E2EE ----------------------------------------------------------------------------------
 
 
-def _active_devices(
-    *, realm: RemoteRealm, token_ids: set[int], device_ids: set[int]
-) -> list[RemotePushDevice]:
-    """The realm's unexpired devices named by token id or device id (through the (realm,
-    token_id) unique index and the primary key)."""
+def active_devices_condition(
+    *, realm_id: int, token_ids: set[int], device_ids: set[int]
+) -> tuple[str, list[int]] | None:
+    """SQL for a realm's unexpired devices named by token id or device id (through the
+    (realm, token_id) unique index and the primary key); None when nothing is named."""
     named = [
         f"{column} IN ({', '.join(['%s'] * len(values))})"
         for column, values in (("token_id", token_ids), ("device_id", device_ids))
         if values
     ]
     if not named:
-        return []
-    return rows.where(
-        RemotePushDevice,
+        return None
+    return (
         f"remote_realm_id = %s AND expired_time IS NULL AND ({' OR '.join(named)})",
-        [realm.pk, *token_ids, *device_ids],
+        [realm_id, *token_ids, *device_ids],
     )
+
+
+def _active_devices(
+    *, realm: RemoteRealm, token_ids: set[int], device_ids: set[int]
+) -> list[RemotePushDevice]:
+    query = active_devices_condition(realm_id=realm.pk, token_ids=token_ids, device_ids=device_ids)
+    if query is None:
+        return []
+    condition, params = query
+    return rows.where(RemotePushDevice, condition, params)
 
 
 def notify_e2ee(*, server: RemoteZulipServer, params: E2EENotifyParams) -> dict[str, Any]:
