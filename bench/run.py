@@ -28,7 +28,7 @@ import httpx
 from harness import ROOT, Stack, percentile, setup_django, stack
 from workloads import Request, Tenant
 
-WORKLOADS = ["e2ee-1", "e2ee-3", "e2ee-10", "legacy-2", "register", "mixed"]
+WORKLOADS = ["e2ee-1", "e2ee-3", "e2ee-10", "legacy-2", "register", "mixed", "floor"]
 
 
 @dataclass
@@ -73,10 +73,9 @@ async def drive(
             nonlocal done
             method, path, auth, body, form = request
             started = time.perf_counter()
+            url = s.web_url + path if path.startswith("/") else base + path
             try:
-                response = await client.request(
-                    method, base + path, auth=auth, json=body, data=form
-                )
+                response = await client.request(method, url, auth=auth, json=body, data=form)
             except httpx.HTTPError as e:
                 errors[type(e).__name__] += 1
                 return
@@ -278,6 +277,8 @@ def requests_for(workload: str, tenants: list[Tenant], public_key: str) -> Itera
         return workloads.e2ee_registrations(tenants, public_key, 3000)
     if workload == "mixed":
         return workloads.mixed(tenants, public_key)
+    if workload == "floor":
+        return workloads.floor()
     raise ValueError(workload)
 
 
@@ -468,12 +469,13 @@ def run_rows(args: argparse.Namespace) -> list[str]:
 
 
 def run_scaling(args: argparse.Namespace) -> list[str]:
-    """e2ee-3 at the top concurrency with 1, 2, 4... worker processes, each in a fresh stack.
+    """e2ee-3 at the top concurrency with 1, 2, 4... web processes (gunicorn workers: they send
+    the first attempts; Celery workers carry only retries), each in a fresh stack.
 
     Each configuration runs in its own child process: Django binds a process to one database.
     """
-    out = ["\n## Worker processes\n", HEADER.replace("| workload |", "| worker processes |", 1)]
-    for workers in args.scaling:
+    out = ["\n## Web processes\n", HEADER.replace("| workload |", "| web processes |", 1)]
+    for web_workers in args.scaling:
         child = subprocess.run(
             [
                 sys.executable,
@@ -487,7 +489,11 @@ def run_scaling(args: argparse.Namespace) -> list[str]:
                 "--servers",
                 str(args.servers),
                 "--workers",
-                str(workers),
+                str(args.workers),
+                "--web-workers",
+                str(web_workers),
+                "--web-threads",
+                str(args.web_threads),
                 "--threads",
                 str(args.threads),
                 "--pool",
@@ -505,7 +511,7 @@ def run_scaling(args: argparse.Namespace) -> list[str]:
             check=True,
         )
         [row] = [line for line in child.stdout.splitlines() if line.startswith("| e2ee-3 |")]
-        out.append(row.replace("| e2ee-3 |", f"| {workers} |", 1))
+        out.append(row.replace("| e2ee-3 |", f"| {web_workers} |", 1))
         print(out[-1], flush=True)
     return out
 
@@ -541,7 +547,9 @@ def main() -> None:
         help="workloads driven at 4x their saturation concurrency (default e2ee-3; "
         "the flag alone: none)",
     )
-    parser.add_argument("--scaling", type=int, nargs="*", default=[], help="e.g. 1 2 4")
+    parser.add_argument(
+        "--scaling", type=int, nargs="*", default=[], help="web processes to compare, e.g. 1 2 4"
+    )
     parser.add_argument("--rows", type=int, nargs="*", default=[], help="e.g. 10000 1000000")
     parser.add_argument("--no-report", action="store_true", help="print only")
     args = parser.parse_args()

@@ -20,7 +20,7 @@ from typing import Any
 from django.db import connection
 
 # A request for the load generator: (method, path, auth, json body or form).
-Request = tuple[str, str, tuple[str, str], dict[str, Any] | None, dict[str, str] | None]
+Request = tuple[str, str, tuple[str, str] | None, dict[str, Any] | None, dict[str, str] | None]
 
 APNS_PAYLOAD = {
     "alert": {"title": "King Hamlet", "body": "hi"},
@@ -205,6 +205,11 @@ def mixed(tenants: list[Tenant], public_key: str) -> Iterator[Request]:
                 yield choices[0][1]()
 
     return draw()
+
+
+def floor() -> Iterator[Request]:
+    """GET /health: Django and gunicorn with nothing to do, the ceiling of any endpoint here."""
+    return itertools.repeat(("GET", "/health", None, None, None))
 
 
 def device_lookup_plan(realm_uuid: str, token_ids: list[int]) -> str:
