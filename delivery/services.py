@@ -8,7 +8,8 @@ from collections import defaultdict
 from typing import Any
 
 import redis
-from django.db.models import Q
+from django.db import connection
+from django.db.models import Q, UUIDField
 from kombu.exceptions import OperationalError
 
 from bouncer import rows
@@ -202,6 +203,24 @@ def _user_filter(*, user_id: int | None, user_uuid: str | None) -> Q:
     return query
 
 
+def _user_condition(
+    *, server: RemoteZulipServer, user_id: int | None, user_uuid: str | None
+) -> tuple[str, list[object]]:
+    """SQL for the server's legacy rows of a user, by uuid or id (either may be absent)."""
+    field = RemotePushDeviceToken._meta.get_field("user_uuid")
+    assert isinstance(field, UUIDField)
+    named: list[str] = []
+    params: list[object] = [server.pk]
+    if user_uuid is not None:
+        named.append("user_uuid = %s")
+        params.append(field.get_db_prep_value(uuid.UUID(user_uuid), connection))
+    if user_id is not None:
+        named.append("user_id = %s")
+        params.append(user_id)
+    assert named, "checked by _checked_identity"
+    return f"server_id = %s AND ({' OR '.join(named)})", params
+
+
 def _checked_identity(user_id: int | None, user_uuid: str | None) -> str | None:
     if user_id is None and user_uuid is None:
         raise BouncerError("Missing user_id or user_uuid")
@@ -217,15 +236,12 @@ def select_legacy_devices(
     *, server: RemoteZulipServer, user_id: int | None, user_uuid: str | None
 ) -> list[RemotePushDeviceToken]:
     """The user's tokens; an id-row duplicated by a uuid-row is deleted (Zulip's de-duplication)."""
-    rows = list(
-        RemotePushDeviceToken.objects.filter(server=server)
-        .filter(_user_filter(user_id=user_id, user_uuid=user_uuid))
-        .order_by("id")
-    )
+    condition, params = _user_condition(server=server, user_id=user_id, user_uuid=user_uuid)
+    found = rows.where(RemotePushDeviceToken, f"{condition} ORDER BY id", params)
     if user_id is None or user_uuid is None:
-        return rows
+        return found
     by_token: dict[tuple[int, str], list[RemotePushDeviceToken]] = defaultdict(list)
-    for row in rows:
+    for row in found:
         key = (
             row.kind,
             row.token.lower() if row.kind == RemotePushDeviceToken.Kind.APNS else row.token,
@@ -240,7 +256,7 @@ def select_legacy_devices(
     ]
     if duplicates:
         RemotePushDeviceToken.objects.filter(pk__in=duplicates).delete()
-    return [row for row in rows if row.pk not in set(duplicates)]
+    return [row for row in found if row.pk not in set(duplicates)]
 
 
 def notify_legacy(*, server: RemoteZulipServer, params: LegacyNotifyParams) -> dict[str, Any]:
@@ -343,10 +359,14 @@ def _deleted_devices(
     dead: set[tuple[str, str]],
 ) -> dict[str, list[str]]:
     """Tokens the server listed that the bouncer no longer has for this user (after sending)."""
-    rows = RemotePushDeviceToken.objects.filter(server=server).filter(
-        _user_filter(user_id=user_id, user_uuid=user_uuid)
-    )
-    remaining = list(rows.values_list("kind", "token"))  # one query for both providers
+    # One query for both providers.
+    remaining = [
+        (row.kind, row.token)
+        for row in rows.where(
+            RemotePushDeviceToken,
+            *_user_condition(server=server, user_id=user_id, user_uuid=user_uuid),
+        )
+    ]
     have_fcm = {t for kind, t in remaining if kind == RemotePushDeviceToken.Kind.FCM} - {
         t for p, t in dead if p == "fcm"
     }
