@@ -1,9 +1,9 @@
 """The FCM HTTP v1 sender: one persistent HTTP/2 connection, OAuth from a service account.
 
-Sends go through httpcore, the HTTP/2 transport underneath httpx, directly: httpx's client
-layer (URL merging, cookies, auth and redirect handling, none of which a POST to FCM needs)
-cost about a quarter of every send's CPU, and sending sits on the notify path
-(bench/README.md).
+Sends go through delivery/h2client.py, a small client on the `h2` state machine (as aioapns
+is for APNs): through httpx, and then through httpcore directly, an FCM send cost several
+times an APNs send on the notify path, and a GOAWAY failed the streams FCM had not
+processed instead of sending them again (bench/README.md).
 
 google-auth signs the service-account assertion and tracks the access token's expiry; its
 bundled transports need `requests` or `aiohttp`, so a small httpx transport stands in, and
@@ -19,15 +19,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import google.auth.exceptions
 import google.auth.transport
-import httpcore
 import httpx
 from django.conf import settings
 from google.oauth2 import service_account
 
 from delivery import credentials
+from delivery.h2client import ConnectionFailed, H2Client
 from delivery.outcomes import (
     CONNECTION_ERROR,
     NO_CREDENTIALS,
@@ -143,7 +144,8 @@ class FcmSender:
         self._credentials: service_account.Credentials | None = None
         self._loaded_from: str | None = None
         self._project_id = ""
-        self._pool: httpcore.AsyncConnectionPool | None = None
+        self._client: H2Client | None = None
+        self._path_prefix = ""
         self._auth_client: httpx.Client | None = None
         self._refresh_lock: asyncio.Lock | None = None
         self._in_flight: asyncio.Semaphore | None = None
@@ -180,11 +182,21 @@ class FcmSender:
         except (OSError, ValueError, KeyError) as e:
             # Never the file's content: it holds the private key.
             return f"cannot load the service account in {path} ({type(e).__name__})"
+        endpoint = urlsplit(settings.FCM_ENDPOINT)
+        try:
+            client = H2Client(
+                f"{endpoint.scheme}://{endpoint.netloc}",
+                ssl_context=client_ssl_context(),
+                connect_timeout=self.request_timeout,
+            )
+        except ValueError:
+            return f"FCM_ENDPOINT must be an https URL, not {settings.FCM_ENDPOINT!r}"
+        self._client = client
+        self._path_prefix = endpoint.path.rstrip("/")
         self._credentials = creds
         self._loaded_from = path
         self._project_id = creds.project_id or ""
         context = client_ssl_context()
-        self._pool = httpcore.AsyncConnectionPool(ssl_context=context, http2=True)
         self._auth_client = httpx.Client(http2=True, verify=context, timeout=OAUTH_TIMEOUT_SECONDS)
         self._refresh_lock = asyncio.Lock()
         self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
@@ -201,9 +213,9 @@ class FcmSender:
         return str(creds.token)
 
     async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.aclose()
-            self._pool = None
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
         if self._auth_client is not None:
             self._auth_client.close()
             self._auth_client = None
@@ -239,9 +251,9 @@ class FcmSender:
         except google.auth.exceptions.RefreshError as e:
             return self._config_fault("OAuthRefused", f"the OAuth token was refused ({e})", started)
 
-        assert self._pool is not None
+        assert self._client is not None
         assert self._in_flight is not None
-        url = f"{settings.FCM_ENDPOINT.rstrip('/')}/v1/projects/{self._project_id}/messages:send"
+        path = f"{self._path_prefix}/v1/projects/{self._project_id}/messages:send"
         body = {
             "message": {
                 "token": message.token,
@@ -253,25 +265,13 @@ class FcmSender:
             (b"authorization", f"Bearer {token}".encode()),
             (b"content-type", b"application/json"),
         ]
-        timeout = self.request_timeout
         async with self._in_flight:
             try:
-                response = await self._pool.request(
-                    "POST",
-                    url,
-                    headers=headers,
-                    content=json.dumps(body).encode(),
-                    extensions={"timeout": {"connect": timeout, "read": timeout, "write": timeout}},
-                )
-            except httpcore.TimeoutException:
+                async with asyncio.timeout(self.request_timeout):
+                    response = await self._client.post(path, headers, json.dumps(body).encode())
+            except TimeoutError:
                 return result(Verdict.RETRY, None, TIMEOUT)
-            except (
-                httpcore.NetworkError,
-                httpcore.ProtocolError,
-                httpcore.UnsupportedProtocol,
-                OSError,
-                ssl.SSLError,
-            ) as e:
+            except (ConnectionFailed, OSError, ssl.SSLError) as e:
                 logger.warning("FCM: %s: %s", type(e).__name__, e)
                 return result(Verdict.RETRY, None, CONNECTION_ERROR)
         status = response.status
@@ -285,14 +285,8 @@ class FcmSender:
             creds.token = None
         if not is_known_fcm_code(code):
             logger.warning("FCM: unknown error %r with status %s", code, status)
-        retry_after = next(
-            (
-                value.decode("latin-1")
-                for name, value in response.headers
-                if name.lower() == b"retry-after"
-            ),
-            None,
-        )
+        raw_retry_after = response.headers.get(b"retry-after")
+        retry_after = raw_retry_after.decode("latin-1") if raw_retry_after else None
         return result(
             classify_fcm(status, code),
             status,

@@ -144,3 +144,16 @@ def test_two_hundred_concurrent_sends_take_about_one_round_trip(
     elapsed = asyncio.run(run())
     assert elapsed < 2.0, elapsed  # one after another would take 8 s
     assert fake_fcm.connections == 2  # one for OAuth, one carrying all 201 messages
+
+
+def test_goaway_mid_batch_loses_nothing(fcm_settings: dict[str, str], fake_fcm: FakeFcm) -> None:
+    """Streams the server never processed (beyond GOAWAY's last stream) are sent again once,
+    on a new connection, within the same send."""
+    fake_fcm.goaway_after = 20
+    fake_fcm.latency_ms = (5, 10)
+    tokens = [f"t{i}" for i in range(60)]
+    results = send_all([message(token=t) for t in tokens])
+    assert all(r.verdict == Verdict.DELIVERED for r in results), [r.reason for r in results]
+    assert fake_fcm.connections >= 3  # OAuth, the cut connection, its replacement
+    # Every token answered 200 exactly once, though its connection was cut under it.
+    assert fake_fcm.answered == dict.fromkeys(tokens, 1)

@@ -14,7 +14,7 @@ import json
 import secrets
 import time
 import uuid
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,6 +102,7 @@ class FakeFcm(H2Server):
         self.token_requests = 0
         self.messages: list[dict[str, Any]] = []
         self.delivered = 0
+        self.answered: Counter[str] = Counter()  # 200s sent, by token
         self._scripts: dict[str, deque[FcmAnswer]] = defaultdict(deque)
 
     @property
@@ -111,6 +112,15 @@ class FakeFcm(H2Server):
     def script(self, token: str, *answers: FcmAnswer) -> None:
         with self.lock:
             self._scripts[token].extend(answers)
+
+    def sent(self, request: Request, response: Response) -> None:
+        # Counted once the answer is on its way: a message whose connection was cut before
+        # its 200 went out was not delivered, and the client rightly sends it again.
+        if response.status == 200 and request.path.endswith("/messages:send"):
+            token = json.loads(request.body)["message"].get("token", "")
+            with self.lock:
+                self.delivered += 1
+                self.answered[token] += 1
 
     def messages_for(self, token: str) -> list[dict[str, Any]]:
         with self.lock:
@@ -165,8 +175,6 @@ class FakeFcm(H2Server):
         if answer.hang:
             return None
         if answer.error is None:
-            with self.lock:
-                self.delivered += 1
             return _json(200, {"name": f"projects/{project}/messages/{uuid.uuid4()}"})
         status, rpc_status = ERRORS[answer.error]
         response = _error(answer.error, status, rpc_status)

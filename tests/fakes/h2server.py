@@ -2,8 +2,8 @@
 
 Subclasses answer requests in `handle` (None = never answer that stream). Responses are
 delayed by an injected latency without blocking other streams. `goaway_after` cuts the
-first connection after that many requests: GOAWAY naming the last stream answered, then
-the socket is gone and its waiting streams are never answered.
+first connection that receives more requests than that (once per server): GOAWAY naming the
+last stream answered, then the socket is gone and its waiting streams are never answered.
 """
 
 import asyncio
@@ -51,6 +51,7 @@ class H2Server:
         self.max_streams = max_streams
         self.client_ca_file = client_ca_file
         self.goaway_after: int | None = None
+        self._goaway_sent = False
         self.lock = threading.Lock()
         self.port = 0
         self.connections = 0
@@ -173,12 +174,14 @@ class _Connection(asyncio.Protocol):
     def _request(self, stream_id: int, headers: dict[str, str], body: bytes) -> None:
         self.count += 1
         server = self.server
-        first_connection = server._connections[0] is self
+        if self.closed:
+            return  # arrived after this connection's GOAWAY: never processed
         if (
             server.goaway_after is not None
-            and first_connection
+            and not server._goaway_sent
             and self.count > server.goaway_after
         ):
+            server._goaway_sent = True
             # The streams still waiting were not processed: the client must send them again.
             self.conn.close_connection(last_stream_id=self.last_answered)
             self._flush()
