@@ -196,14 +196,7 @@ class ApnsSender:
                 app_id,
                 detail,
             )
-        return SendResult(
-            verdict=Verdict.CONFIG_FAULT,
-            status=None,
-            reason=reason,
-            upstream_id=None,
-            retry_after=None,
-            latency=0.0,
-        )
+        return SendResult.unanswered(Verdict.CONFIG_FAULT, reason, latency=0.0)
 
     async def close(self) -> None:
         for app in self._apps.values():

@@ -156,13 +156,8 @@ class FcmSender:
         if now - self._last_config_log >= CONFIG_LOG_INTERVAL_SECONDS:
             self._last_config_log = now
             logger.error("FCM: cannot deliver: %s; deliveries fail until this is fixed", detail)
-        return SendResult(
-            verdict=Verdict.CONFIG_FAULT,
-            status=None,
-            reason=reason,
-            upstream_id=None,
-            retry_after=None,
-            latency=time.monotonic() - started,
+        return SendResult.unanswered(
+            Verdict.CONFIG_FAULT, reason, latency=time.monotonic() - started
         )
 
     async def _load(self) -> service_account.Credentials | str:

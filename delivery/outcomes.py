@@ -28,6 +28,18 @@ class SendResult:
     retry_after: float | None
     latency: float  # seconds
 
+    @classmethod
+    def unanswered(cls, verdict: Verdict, reason: str, *, latency: float) -> "SendResult":
+        """A result decided here, without an answer from Apple or Google."""
+        return cls(
+            verdict=verdict,
+            status=None,
+            reason=reason,
+            upstream_id=None,
+            retry_after=None,
+            latency=latency,
+        )
+
 
 # Reasons we give ourselves when no upstream answer arrived.
 TIMEOUT = "Timeout"

@@ -31,14 +31,7 @@ OnResult = Callable[[dict[str, Any], SendResult], Awaitable[None]]
 
 
 def _retry(reason: str, started: float) -> SendResult:
-    return SendResult(
-        verdict=Verdict.RETRY,
-        status=None,
-        reason=reason,
-        upstream_id=None,
-        retry_after=None,
-        latency=time.monotonic() - started,
-    )
+    return SendResult.unanswered(Verdict.RETRY, reason, latency=time.monotonic() - started)
 
 
 def _message(delivery: dict[str, Any]) -> ApnsMessage | FcmMessage:
