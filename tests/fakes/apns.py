@@ -20,7 +20,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.fakes.h2server import H2Server, Request, Response
+from tests.fakes.h2server import H2Server, Request, Response, write_count
 
 TOKEN_MAX_AGE_SECONDS = 3600
 
@@ -192,8 +192,7 @@ def main() -> None:
     while True:
         time.sleep(0.2)
         if args.stats_file:
-            with open(args.stats_file, "w") as f:
-                f.write(str(fake.delivered))
+            write_count(args.stats_file, fake.delivered)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.fakes.h2server import H2Server, Request, Response
+from tests.fakes.h2server import H2Server, Request, Response, write_count
 
 GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
@@ -220,7 +220,7 @@ def main() -> None:
     while True:
         time.sleep(0.2)
         if args.stats_file:
-            Path(args.stats_file).write_text(str(fake.delivered))
+            write_count(args.stats_file, fake.delivered)
 
 
 if __name__ == "__main__":

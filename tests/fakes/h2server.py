@@ -7,6 +7,7 @@ last stream answered, then the socket is gone and its waiting streams are never 
 """
 
 import asyncio
+import os
 import random
 import ssl
 import threading
@@ -35,6 +36,14 @@ class Response:
     status: int
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b""
+
+
+def write_count(path: str, count: int) -> None:
+    """For the benchmark, which reads the file at any moment: never seen half-written."""
+    temporary = f"{path}.tmp"
+    with open(temporary, "w") as f:
+        f.write(str(count))
+    os.replace(temporary, path)
 
 
 class H2Server:
