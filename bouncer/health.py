@@ -20,7 +20,8 @@ def health(request: HttpRequest) -> JsonResponse:
 
 
 @cache
-def _broker(url: str) -> redis.Redis:
+def probe_redis(url: str) -> redis.Redis:
+    """A client for quick looks at Redis (/ready, the queue-depth gauge): 2 s at most."""
     return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
 
 
@@ -50,7 +51,7 @@ def _broker_ok() -> str | None:
 
 def _redis_ok(failure: str) -> str | None:
     try:
-        _broker(settings.REDIS_URL).ping()
+        probe_redis(settings.REDIS_URL).ping()
     except redis.RedisError as e:
         logger.warning("Readiness: %s: %s", failure, e)
         return failure

@@ -7,7 +7,6 @@ registry is served.
 
 import time
 from collections.abc import Callable, Iterator
-from functools import cache
 
 import redis
 from django.conf import settings
@@ -26,6 +25,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from bouncer.health import probe_redis
 
 REQUESTS = Counter(
     "bouncer_http_requests_total", "HTTP requests by endpoint and status", ["endpoint", "status"]
@@ -64,11 +65,6 @@ def record_delivery(*, provider: str, outcome: str, latency: float | None) -> No
         UPSTREAM_SECONDS.labels(provider=provider).observe(latency)
 
 
-@cache
-def _broker(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-
-
 class QueueDepthCollector(Collector):
     """Celery's queue length, read from the broker at scrape time."""
 
@@ -77,7 +73,7 @@ class QueueDepthCollector(Collector):
         # Readable only when the broker is Redis (a RabbitMQ queue is watched in RabbitMQ).
         if settings.REDIS_URL and settings.REDIS_URL == settings.CELERY_BROKER_URL:
             try:
-                gauge.add_metric([], float(_broker(settings.REDIS_URL).llen("celery")))
+                gauge.add_metric([], float(probe_redis(settings.REDIS_URL).llen("celery")))
             except redis.RedisError:
                 return
             yield gauge
