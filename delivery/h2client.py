@@ -6,7 +6,7 @@ failed the streams the server never processed instead of sending them again. Thi
 does only what FCM needs: POST with a body, over TLS with ALPN "h2", several streams per
 connection, up to `max_connections` connections, flow control both ways, and a request
 whose connection broke before its answer (GOAWAY, REFUSED_STREAM, a reset connection) sent
-once more on a new connection. Timeouts are the caller's (asyncio.timeout around `post`);
+once more on another connection. Timeouts are the caller's (asyncio.timeout around `post`);
 a cancelled request resets its stream.
 """
 
@@ -31,11 +31,7 @@ from h2.exceptions import H2Error
 
 
 class ConnectionFailed(Exception):
-    """The connection broke under a request that the server may have processed."""
-
-
-class StreamRefused(ConnectionFailed):
-    """The server did not process the request (GOAWAY beyond its stream, REFUSED_STREAM)."""
+    """The connection (or the stream) ended before the request's answer came."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,12 +96,9 @@ class _Connection(asyncio.Protocol):
             elif isinstance(event, StreamReset):
                 stream = self.streams.pop(event.stream_id or 0, None)
                 if stream is not None and not stream.future.done():
-                    error = (
-                        StreamRefused("stream refused")
-                        if event.error_code == ErrorCodes.REFUSED_STREAM
-                        else ConnectionFailed(f"stream reset ({event.error_code!r})")
+                    stream.future.set_exception(
+                        ConnectionFailed(f"stream reset ({event.error_code!r})")
                     )
-                    stream.future.set_exception(error)
             elif isinstance(event, ConnectionTerminated):
                 # GOAWAY: streams above the last one the server processed were not; the
                 # others may still be answered before the socket closes.
@@ -114,7 +107,7 @@ class _Connection(asyncio.Protocol):
                 for stream_id in [s for s in self.streams if s > last]:
                     stream = self.streams.pop(stream_id)
                     if not stream.future.done():
-                        stream.future.set_exception(StreamRefused("GOAWAY"))
+                        stream.future.set_exception(ConnectionFailed("GOAWAY"))
             elif isinstance(event, WindowUpdated | RemoteSettingsChanged):
                 self.window_opened.set()
         self._flush()
@@ -133,7 +126,7 @@ class _Connection(asyncio.Protocol):
 
     async def request(self, headers: list[tuple[bytes, bytes]], body: bytes) -> Response:
         if self.closed:
-            raise StreamRefused("connection closing")
+            raise ConnectionFailed("connection closing")
         stream_id = self.h2.get_next_available_stream_id()
         stream = _Stream(asyncio.get_running_loop().create_future())
         self.streams[stream_id] = stream
@@ -218,9 +211,9 @@ class H2Client:
         self.ssl_context.set_alpn_protocols(["h2"])
         self.max_connections = max_connections
         self.connect_timeout = connect_timeout
-        self._connections: list[_Connection] = []  # in use
-        self._open_sockets: set[_Connection] = set()  # in use, or closing
-        self._opening: asyncio.Lock | None = None
+        # Every connection until its socket is gone: taking requests, or closing.
+        self._connections: list[_Connection] = []
+        self._opening = asyncio.Lock()
         self._room = asyncio.Condition()
         self._waiting = 0  # requests waiting for a stream slot on a full set of connections
 
@@ -250,24 +243,29 @@ class H2Client:
                 async with self._room:
                     self._room.notify()
 
+    def _usable(self) -> list[_Connection]:
+        """The connections taking requests; forgets those whose sockets are gone and closes
+        those a GOAWAY ended (their socket may still be open)."""
+        self._connections = [c for c in self._connections if not c.lost.is_set()]
+        usable = []
+        for connection in self._connections:
+            if connection.closed:
+                connection.close()
+            else:
+                usable.append(connection)
+        return usable
+
     async def _connection(self) -> _Connection:
-        if self._opening is None:
-            self._opening = asyncio.Lock()
         while True:
-            if any(c.closed for c in self._connections):
-                for connection in self._connections:
-                    if connection.closed:
-                        connection.close()  # after a GOAWAY the socket may still be open
-                self._connections = [c for c in self._connections if not c.closed]
-                self._open_sockets = {c for c in self._open_sockets if not c.lost.is_set()}
-            for connection in self._connections:
+            usable = self._usable()
+            for connection in usable:
                 if connection.has_room():
                     return connection
-            if len(self._connections) < self.max_connections:
+            if len(usable) < self.max_connections:
                 async with self._opening:
                     # Another request may have opened one meanwhile.
-                    if not any(c.has_room() for c in self._connections):
-                        self._connections.append(await self._open())
+                    if not any(c.has_room() for c in self._usable()):
+                        await self._open()
                 continue
             async with self._room:
                 self._waiting += 1
@@ -276,7 +274,7 @@ class H2Client:
                 finally:
                     self._waiting -= 1
 
-    async def _open(self) -> _Connection:
+    async def _open(self) -> None:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout):
@@ -287,16 +285,16 @@ class H2Client:
             raise ConnectionFailed(f"connecting to {self.host}:{self.port} timed out") from None
         except (OSError, ssl.SSLError) as e:
             raise ConnectionFailed(f"connecting to {self.host}:{self.port}: {e}") from e
-        self._open_sockets.add(connection)
+        self._connections.append(connection)
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
+            connection.closed = True
             transport.close()
             raise ConnectionFailed(f"{self.host}:{self.port} does not speak HTTP/2")
-        return connection
 
     async def aclose(self) -> None:
         """Close every connection and wait (a second at most) until their sockets are gone."""
-        sockets, self._open_sockets, self._connections = self._open_sockets, set(), []
+        sockets, self._connections = self._connections, []
         for connection in sockets:
             connection.close()
         pending = [c.lost.wait() for c in sockets if not c.lost.is_set()]
