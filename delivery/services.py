@@ -9,7 +9,7 @@ from typing import Any
 
 import redis
 from django.db import connection
-from django.db.models import Q, UUIDField
+from django.db.models import UUIDField
 from kombu.exceptions import OperationalError
 
 from bouncer import rows
@@ -192,15 +192,6 @@ def notify_e2ee(*, server: RemoteZulipServer, params: E2EENotifyParams) -> dict[
 
 
 # --- Legacy --------------------------------------------------------------------------------
-
-
-def _user_filter(*, user_id: int | None, user_uuid: str | None) -> Q:
-    query = Q()
-    if user_uuid is not None:
-        query |= Q(user_uuid=user_uuid)
-    if user_id is not None:
-        query |= Q(user_id=user_id)
-    return query
 
 
 def _user_condition(
@@ -395,14 +386,21 @@ def send_test_notification(
         realm = find_realm(server=server, realm_uuid=params.realm_uuid, required=False)
     if params.token_kind not in (RemotePushDeviceToken.Kind.APNS, RemotePushDeviceToken.Kind.FCM):
         raise BouncerError("Invalid token type")
-    rows = RemotePushDeviceToken.objects.filter(server=server, kind=params.token_kind).filter(
-        _user_filter(user_id=params.user_id, user_uuid=user_uuid)
+    condition, user_params = _user_condition(
+        server=server, user_id=params.user_id, user_uuid=user_uuid
     )
-    if params.token_kind == RemotePushDeviceToken.Kind.APNS:
-        rows = rows.filter(token__iexact=params.token)
-    else:
-        rows = rows.filter(token=params.token)
-    device = rows.order_by("id").first()
+    # APNs tokens compare case-insensitively, as everywhere else (legacy/retirement.py).
+    same_token = (
+        "lower(token) = lower(%s)"
+        if params.token_kind == RemotePushDeviceToken.Kind.APNS
+        else "token = %s"
+    )
+    found = rows.where(
+        RemotePushDeviceToken,
+        f"{condition} AND kind = %s AND {same_token} ORDER BY id LIMIT 1",
+        [*user_params, params.token_kind, params.token],
+    )
+    device = found[0] if found else None
     if device is None:
         raise BouncerError(
             "Device not recognized by the push bouncer",
