@@ -121,9 +121,9 @@ def send_first_attempt(*, batch: Batch, schedule: Scheduler) -> dict[int, str]:
     in the broker (`schedule`) before the answer goes out.
     """
     deliveries: list[dict[str, Any]] = batch["deliveries"]
-    started = time.time()
+    now = time.time()
     results = get_relay().send_all(deliveries, wait=settings.NOTIFY_WAIT_SECONDS)
-    outcomes = _settle(batch, deliveries, results, schedule, started=started)
+    outcomes = _settle(batch, deliveries, results, schedule, now=now)
     return {d["i"]: outcome for d, outcome in zip(deliveries, outcomes, strict=True)}
 
 
@@ -148,9 +148,9 @@ def process_batch(*, batch: Batch, schedule: Scheduler) -> None:
             batch_id=batch["id"], attempt=batch["attempt"], index=delivery["i"]
         )
 
-    started = time.time()
+    now = time.time()
     results = relay.send_all(to_send, on_result=mark_done)
-    _settle(batch, to_send, results, schedule, started=started)
+    _settle(batch, to_send, results, schedule, now=now)
 
 
 def _settle(
@@ -159,14 +159,14 @@ def _settle(
     results: list[SendResult],
     schedule: Scheduler,
     *,
-    started: float,
+    now: float,
 ) -> list[str]:
     """Log and count each result, schedule retries, expire dead tokens; the outcomes.
 
-    Raises what `schedule` raised (the broker is down) once the rest is done: the caller
-    must not treat a retry that was never queued as handled.
+    `now` is when the attempt started, so a retry due at the deadline still happens. Raises
+    what `schedule` raised (the broker is down) once the rest is done: the caller must not
+    treat a retry that was never queued as handled.
     """
-    now = started  # the attempt's time: a retry due at the deadline still happens
     exhausted = give_up(attempt=batch["attempt"], now=now, give_up_at=batch["give_up_at"])
     rows: list[tuple[dict[str, Any], SendResult, str]] = []
     dead: list[dict[str, Any]] = []
