@@ -257,6 +257,14 @@ def _migrate(inst: Installation) -> None:
     assert "New bouncer key pair" not in again
 
 
+def _start_web(inst: Installation, web: Unit) -> Unit:
+    """bouncer-migrate, then bouncer-web, as Requires=/After= order them; the web, serving."""
+    _migrate(inst)
+    web.start_service(inst.env, inst.logs)
+    wait_for_port(int(inst.env["GUNICORN_BIND"].rsplit(":", 1)[1]), timeout=60)
+    return web
+
+
 def _onboard(inst: Installation, tokens: list[str]) -> ZulipServerClient:
     """A Zulip server registers itself, uploads analytics (its realm) and registers devices."""
     public_key = _bouncer_public_key(inst)
@@ -280,10 +288,7 @@ def test_the_units_serve_a_zulip_server_and_stop_cleanly_on_sigterm(
     tokens = [secrets.token_hex(32) for _ in range(6)]
     running: list[Unit] = []
     try:
-        # Migrations come first, as Requires=/After= order them.
-        _migrate(inst)
-        running.append(web.start_service(inst.env, inst.logs))
-        wait_for_port(int(inst.env["GUNICORN_BIND"].rsplit(":", 1)[1]), timeout=60)
+        running.append(_start_web(inst, web))
         for worker in workers:
             running.append(worker.start_service(inst.env, inst.logs))
         running.append(scheduler.start_service(inst.env, inst.logs))
@@ -351,9 +356,7 @@ def test_a_rolling_restart_of_the_workers_loses_and_repeats_no_delivery(
     tokens = [secrets.token_hex(32) for _ in range(40)]
     running: list[Unit] = []
     try:
-        _migrate(inst)
-        running.append(web.start_service(inst.env, inst.logs))
-        wait_for_port(int(inst.env["GUNICORN_BIND"].rsplit(":", 1)[1]), timeout=60)
+        running.append(_start_web(inst, web))
         first = [Unit.load("bouncer-worker", paths=inst.paths, hostname=f"a{i}") for i in (1, 2)]
         for worker in first:
             running.append(worker.start_service(inst.env, inst.logs, tag="-old"))
@@ -515,9 +518,7 @@ def test_the_nginx_site_serves_the_bouncer_over_tls_and_http2(
     )
     web = Unit.load("bouncer-web", paths=inst.paths)
     try:
-        _migrate(inst)
-        web.start_service(inst.env, inst.logs)
-        wait_for_port(int(web_port), timeout=60)
+        _start_web(inst, web)
         wait_for_port(https_port, timeout=20)
         base = f"https://127.0.0.1:{https_port}"
         trust = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
