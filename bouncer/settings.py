@@ -135,6 +135,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The embedded database serves one developer; a busy timeout avoids "database is locked".
     DATABASES["default"]["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
 else:
+    if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        # The same backend with a health check that needs no round trip (its docstring).
+        DATABASES["default"]["ENGINE"] = "bouncer.postgresql"
     DATABASES["default"].setdefault("OPTIONS", {})
     # Every statement is bounded: a stuck query must not hold a web worker forever.
     DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", 5)
