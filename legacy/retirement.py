@@ -4,7 +4,7 @@ A Zulip server removes a user's legacy registration when the same token is regis
 E2EE, through the bouncer's `push/unregister`; when that call never arrives, the phone would
 get every notification twice. The bouncer sees both registrations, so it closes the gap:
 
-- when an E2EE registration succeeds, in its own transaction (`retire_for_e2ee_device`);
+- when an E2EE registration succeeds, right after it (`retire_for_e2ee_device`);
 - at legacy notify time, before anything is sent (`retire_shadowed`): this is what makes a
   double notification impossible rather than unlikely;
 - over existing data, in bounded batches (`cleanup`: the command and the periodic task),
@@ -98,35 +98,45 @@ def shadowed(legacy: QuerySet[RemotePushDeviceToken]) -> QuerySet[RemotePushDevi
     return legacy.alias(shadowed=_shadowed_condition()).filter(shadowed=True)
 
 
-def retire_for_e2ee_device(
-    *, server: RemoteZulipServer, realm: RemoteRealm, device: RemotePushDevice
-) -> int:
-    """In the E2EE registration's transaction: the server's legacy rows for this token.
-
-    One DELETE (it runs on every registration; through the ORM, the realm count and the
-    delete cost more Python than the rest of the registration's statements together). A
-    realm-less legacy row matches only when its server has exactly one realm."""
-    legacy = RemotePushDeviceToken._meta.db_table
+def same_phone_condition(
+    *, server_id: int, realm_id: int, token_kind: str, token: str
+) -> tuple[str, list[str | int]]:
+    """SQL on the legacy table (unqualified columns): the server's legacy rows for the phone of
+    an E2EE device with this token. A realm-less row matches only when its server has exactly
+    one realm. Used by the registration itself (does any exist?) and by the delete below."""
     realms = RemoteRealm._meta.db_table
-    if device.token_kind == RemotePushDevice.Kind.APNS:
+    if token_kind == RemotePushDevice.Kind.APNS:
         same_token = "kind = %s AND lower(token) = %s"
-        token_params: list[str | int] = [
-            RemotePushDeviceToken.Kind.APNS.value,
-            device.token.lower(),
-        ]
+        token_params: list[str | int] = [RemotePushDeviceToken.Kind.APNS.value, token.lower()]
     else:
         same_token = "kind = %s AND token = %s"
-        token_params = [RemotePushDeviceToken.Kind.FCM.value, device.token]
-    sql = f"""DELETE FROM {legacy}
-        WHERE server_id = %s
+        token_params = [RemotePushDeviceToken.Kind.FCM.value, token]
+    sql = f"""server_id = %s
           AND (remote_realm_id = %s
                OR (remote_realm_id IS NULL
                    AND (SELECT count(*) FROM {realms} WHERE server_id = %s) = 1))
           AND {same_token}"""  # noqa: S608 - table names come from the models; values are parameters
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [server.pk, realm.pk, server.pk, *token_params])
+    return sql, [server_id, realm_id, server_id, *token_params]
+
+
+def retire_for_e2ee_device(
+    *, server: RemoteZulipServer, realm: RemoteRealm, device: RemotePushDevice
+) -> int:
+    """Right after an E2EE registration that found legacy rows for its phone: delete them and
+    count it, in one transaction.
+
+    One DELETE (through the ORM, the realm count and the delete cost more Python than the rest
+    of the registration's statements together). Not in the registration's own transaction:
+    a crash in between leaves a legacy row that notify-time retirement (`retire_shadowed`)
+    and the clean-up remove, never a double notification."""
+    condition, params = same_phone_condition(
+        server_id=server.pk, realm_id=realm.pk, token_kind=device.token_kind, token=device.token
+    )
+    legacy = RemotePushDeviceToken._meta.db_table
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {legacy} WHERE {condition}", params)  # noqa: S608 - as above
         deleted: int = cursor.rowcount
-    _record(Counter({server.pk: deleted}), reason=MOVED_TO_E2EE)
+        _record(Counter({server.pk: deleted}), reason=MOVED_TO_E2EE)
     return deleted
 
 
@@ -134,14 +144,17 @@ def retire_shadowed(*, tokens: list[RemotePushDeviceToken]) -> set[int]:
     """At legacy notify time: remove (and return the ids of) rows replaced by E2EE."""
     if not tokens:
         return set()
-    ids = set(
-        shadowed(RemotePushDeviceToken.objects.filter(pk__in=[t.pk for t in tokens])).values_list(
-            "pk", flat=True
+    with transaction.atomic():
+        # Locked, so that a row another retirement (the clean-up, a registration) deletes
+        # meanwhile is neither deleted nor counted twice: FOR UPDATE skips it once it is gone.
+        ids = set(
+            shadowed(RemotePushDeviceToken.objects.filter(pk__in=[t.pk for t in tokens]))
+            .select_for_update()
+            .values_list("pk", flat=True)
         )
-    )
-    if ids:
-        RemotePushDeviceToken.objects.filter(pk__in=ids).delete()
-        _record(Counter({tokens[0].server_id: len(ids)}), reason=MOVED_TO_E2EE)
+        if ids:
+            RemotePushDeviceToken.objects.filter(pk__in=ids).delete()
+            _record(Counter({tokens[0].server_id: len(ids)}), reason=MOVED_TO_E2EE)
     return ids
 
 
@@ -175,7 +188,8 @@ def _in_batches(
     for start in range(first, last + 1, batch_size):
         window = queryset.filter(id__gte=start, id__lt=start + batch_size)
         with transaction.atomic():
-            rows = list(select(window).values_list("id", "server_id"))
+            # Locked, as in retire_shadowed: a row deleted meanwhile is skipped, not counted.
+            rows = list(select(window).select_for_update().values_list("id", "server_id"))
             if not rows:
                 continue
             batch_counts = Counter(server_id for _, server_id in rows)

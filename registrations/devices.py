@@ -6,7 +6,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from django.db import connection, transaction
+from django.db import connection
 from django.utils import timezone
 
 from bouncer.errors import BouncerError, ErrorCode, service_unavailable
@@ -75,20 +75,31 @@ def register_device(
         raise invalid_registration()
     if time.time() - registration.timestamp > REGISTRATION_LIVENESS_SECONDS:
         raise BouncerError("Request expired", code=ErrorCode.REQUEST_EXPIRED)
-    with transaction.atomic():
-        device = _upsert(realm=realm, registration=registration, token_id=computed_token_id)
+    device, has_legacy_tokens = _upsert(
+        server=server, realm=realm, registration=registration, token_id=computed_token_id
+    )
+    if has_legacy_tokens:
         retire_matching_legacy_tokens(server=server, realm=realm, device=device)
     return Registered(device_id=device.device_id)
 
 
 def _upsert(
-    *, realm: RemoteRealm, registration: sealing.PushRegistration, token_id: int
-) -> RemotePushDevice:
+    *,
+    server: RemoteZulipServer,
+    realm: RemoteRealm,
+    registration: sealing.PushRegistration,
+    token_id: int,
+) -> tuple[RemotePushDevice, bool]:
     """INSERT ... ON CONFLICT (remote_realm, token_id) DO UPDATE: concurrent identical
-    registrations never fail or duplicate, and a repeat clears an earlier expiry.
+    registrations never fail or duplicate, and a repeat clears an earlier expiry. Also says
+    whether the server has legacy rows for the same phone, so that the common registration
+    is this one statement and nothing else.
 
     In plain SQL, as the look-ups are (bouncer/rows.py): through the ORM's bulk_create this
     one statement cost more Python than the rest of the registration's statements."""
+    from legacy.models import RemotePushDeviceToken
+    from legacy.retirement import same_phone_condition
+
     now = timezone.now()
     device = RemotePushDevice(
         remote_realm=realm,
@@ -100,16 +111,30 @@ def _upsert(
         last_registered=now,
         expired_time=None,
     )
+    legacy_condition, legacy_params = same_phone_condition(
+        server_id=server.pk, realm_id=realm.pk, token_kind=device.token_kind, token=device.token
+    )
     stamp = connection.ops.adapt_datetimefield_value(now)
     with connection.cursor() as cursor:
         cursor.execute(
-            _UPSERT,
-            [realm.pk, token_id, device.token, device.token_kind, device.ios_app_id, stamp, stamp],
+            _UPSERT.format(
+                legacy=RemotePushDeviceToken._meta.db_table, legacy_condition=legacy_condition
+            ),
+            [
+                realm.pk,
+                token_id,
+                device.token,
+                device.token_kind,
+                device.ios_app_id,
+                stamp,
+                stamp,
+                *legacy_params,
+            ],
         )
-        [(device.device_id,)] = cursor.fetchall()
+        [(device.device_id, has_legacy_tokens)] = cursor.fetchall()
     device._state.adding = False
     device._state.db = connection.alias
-    return device
+    return device, bool(has_legacy_tokens)
 
 
 _UPSERT = f"""
@@ -123,7 +148,7 @@ _UPSERT = f"""
         ios_app_id = excluded.ios_app_id,
         last_registered = excluded.last_registered,
         expired_time = NULL
-    RETURNING device_id"""  # noqa: S608 - the table name comes from the model
+    RETURNING device_id, EXISTS (SELECT 1 FROM {{legacy}} WHERE {{legacy_condition}})"""  # noqa: S608 - table names come from the models
 
 
 def retire_matching_legacy_tokens(
