@@ -110,6 +110,13 @@ class _Protocol(APNsProductionClientProtocol):
     INACTIVITY_TIME = IDLE_SECONDS
     terminated = False
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # aioapns builds its H2Connection with h2's defaults; ours skip the outbound
+        # header checks (client_config in h2client.py says why).
+        self.conn.config.validate_outbound_headers = False
+        self.conn.config.normalize_outbound_headers = False
+
     @property
     def is_busy(self) -> bool:
         return self.terminated or bool(super().is_busy)
