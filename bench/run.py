@@ -16,6 +16,7 @@ import contextlib
 import datetime
 import itertools
 import multiprocessing
+import ssl
 import subprocess
 import sys
 import time
@@ -54,6 +55,16 @@ class Point:
         return self.delivered_per_second or self.requests_per_second
 
 
+def error_label(response: httpx.Response) -> str:
+    """A non-200 answer as the report counts it: status and Zulip's error code, if any."""
+    try:
+        code = response.json().get("code", "")
+    except ValueError:
+        code = "not JSON"
+    retry_after = " + Retry-After" if "Retry-After" in response.headers else ""
+    return f"{response.status_code} {code}{retry_after}".strip()
+
+
 async def drive(
     s: Stack,
     requests: Iterator[Request],
@@ -61,8 +72,13 @@ async def drive(
     concurrency: int | None,
     rate: float | None = None,
     seconds: float,
+    stamp: bool = False,
 ) -> tuple[int, list[float], Counter[str], float]:
-    """Closed loop (`concurrency` clients) or open loop (`rate` requests per second)."""
+    """Closed loop (`concurrency` clients) or open loop (`rate` requests per second).
+
+    `stamp`: each request carries `X-Request-Start` with the time it was sent, as nginx adds
+    it in front of the bouncer (deploy/nginx/bouncer.conf), so that load shedding can work.
+    """
     latencies: list[float] = []
     errors: Counter[str] = Counter()
     done = 0
@@ -72,6 +88,9 @@ async def drive(
     # connections cost the load generator O(N) per request (a fifth of its CPU at 16).
     idle: list[httpx.AsyncClient] = []
     one_connection = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    # Plain HTTP on loopback; one context for all, since httpx builds (and loads CAs into)
+    # one per client otherwise, milliseconds each when an open loop opens thousands.
+    no_tls = ssl.create_default_context()
     async with contextlib.AsyncExitStack() as opened:
 
         async def one(request: Request) -> None:
@@ -81,12 +100,16 @@ async def drive(
                 client = idle.pop()
             else:
                 client = await opened.enter_async_context(
-                    httpx.AsyncClient(limits=one_connection, timeout=30)
+                    # A Zulip server gives up after 15 s (spec: zulip-delivery.md section 1).
+                    httpx.AsyncClient(limits=one_connection, timeout=15, verify=no_tls)
                 )
             started = time.perf_counter()
             url = s.web_url + path if path.startswith("/") else base + path
+            headers = {"X-Request-Start": f"t={time.time():.3f}"} if stamp else None
             try:
-                response = await client.request(method, url, auth=auth, json=body, data=form)
+                response = await client.request(
+                    method, url, auth=auth, json=body, data=form, headers=headers
+                )
             except httpx.HTTPError as e:
                 errors[type(e).__name__] += 1
                 return
@@ -95,7 +118,7 @@ async def drive(
             latencies.append(time.perf_counter() - started)
             done += 1
             if response.status_code != 200:
-                errors[str(response.status_code)] += 1
+                errors[error_label(response)] += 1
 
         started = time.perf_counter()
         deadline = started + seconds
@@ -136,12 +159,21 @@ def _drive_share(
     concurrency: int | None,
     rate: float | None,
     seconds: float,
+    stamp: bool,
     results: "multiprocessing.Queue[Any]",
 ) -> None:
     # Every process forked the same request stream; each takes every shares-th request, so
     # no two send the same one (a sealed registration stays a new device).
     mine = itertools.islice(requests, share, None, shares)
-    results.put(asyncio.run(drive(s, mine, concurrency=concurrency, rate=rate, seconds=seconds)))
+    results.put(
+        asyncio.run(
+            drive(s, mine, concurrency=concurrency, rate=rate, seconds=seconds, stamp=stamp)
+        )
+    )
+
+
+def share_of(total: int, i: int, shares: int) -> int:
+    return total // shares + (1 if i < total % shares else 0)
 
 
 def drive_from_processes(
@@ -151,13 +183,23 @@ def drive_from_processes(
     concurrency: int | None,
     rate: float | None,
     seconds: float,
+    stamp: bool = False,
 ) -> tuple[int, list[float], Counter[str], float]:
     """`drive`, split over forked client processes when one would be the bottleneck."""
-    in_flight = concurrency if concurrency is not None else 1
+    if concurrency is not None:
+        in_flight = concurrency
+    else:
+        # Open loop: about rate x 0.1 s in flight while the bouncer keeps up (half load);
+        # above saturation (the stamped overload), thousands: every client process.
+        assert rate is not None
+        in_flight = (
+            MAX_CLIENT_PROCESSES * IN_FLIGHT_PER_CLIENT_PROCESS if stamp else int(rate * 0.1)
+        )
     shares = min(MAX_CLIENT_PROCESSES, max(1, -(-in_flight // IN_FLIGHT_PER_CLIENT_PROCESS)))
     if shares == 1:
-        return asyncio.run(drive(s, requests, concurrency=concurrency, rate=rate, seconds=seconds))
-    assert concurrency is not None
+        return asyncio.run(
+            drive(s, requests, concurrency=concurrency, rate=rate, seconds=seconds, stamp=stamp)
+        )
     context = multiprocessing.get_context("fork")
     results: multiprocessing.Queue[Any] = context.Queue()
     children = [
@@ -168,9 +210,10 @@ def drive_from_processes(
                 requests,
                 i,
                 shares,
-                concurrency // shares + (1 if i < concurrency % shares else 0),
-                None,
+                None if concurrency is None else share_of(concurrency, i, shares),
+                None if rate is None else rate / shares,
                 seconds,
+                stamp,
                 results,
             ),
         )
@@ -200,12 +243,18 @@ def measure(
     concurrency: int,
     seconds: float,
     rate: float | None = None,
+    stamp: bool = False,
 ) -> Point:
     time.sleep(0.5)  # whatever came before (a raw-limit run) has been counted
     delivered_before = s.delivered()
     cpu_before = (s.cpu_seconds("web"), s.cpu_seconds("worker"))
     done, latencies, errors, elapsed = drive_from_processes(
-        s, requests, concurrency=None if rate else concurrency, rate=rate, seconds=seconds
+        s,
+        requests,
+        concurrency=None if rate else concurrency,
+        rate=rate,
+        seconds=seconds,
+        stamp=stamp,
     )
     time.sleep(1.5)  # late deliveries land; the fakes write their counts every 0.2 s
     delivered = s.delivered() - delivered_before
@@ -427,6 +476,13 @@ def run_main(args: argparse.Namespace, out: list[str]) -> None:
                 print(out[-1], flush=True)
         if args.overload:
             out.append("\n## Above saturation\n")
+            out.append(
+                "Closed loop at 4x the saturation concurrency; then open loop at twice the "
+                "saturation throughput for at least 20 s, each request stamped "
+                "`X-Request-Start` when sent, as nginx stamps it "
+                f"(BOUNCER_MAX_QUEUE_SECONDS {s.env.get('BOUNCER_MAX_QUEUE_SECONDS', '5')}; "
+                "the client gives up after 15 s, as a Zulip server does).\n"
+            )
             out.append(HEADER)
             for workload in args.overload:
                 concurrency = (
@@ -438,6 +494,19 @@ def run_main(args: argparse.Namespace, out: list[str]) -> None:
                     requests_for(workload, tenants, public_key),
                     concurrency=concurrency,
                     seconds=args.seconds,
+                )
+                out.append(point_row(point))
+                print(out[-1], flush=True)
+                if workload not in saturation:
+                    continue
+                point = measure(
+                    s,
+                    workload,
+                    requests_for(workload, tenants, public_key),
+                    concurrency=0,
+                    rate=saturation[workload].requests_per_second * 2,
+                    seconds=max(args.seconds, 20),
+                    stamp=True,
                 )
                 out.append(point_row(point))
                 print(out[-1], flush=True)
