@@ -13,6 +13,13 @@ bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
 worker_class = "gthread"
 threads = int(os.environ.get("GUNICORN_THREADS", "16"))
+# Connections each process takes off the listening socket. Above saturation, a connection
+# beyond this waits unread in the kernel's queue, where load shedding (bouncer/overload.py)
+# cannot see it: with gunicorn's default of 1000, an open-loop load at twice saturation
+# timed out 680 of ~6,000 requests at the client's 15 s; with 5000, none did, and the excess
+# was answered 503 + Retry-After after ~5 s (bench/README.md). Each connection is a file
+# descriptor: the web unit raises LimitNOFILE to match.
+worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "5000"))
 # A Zulip server gives up after 15 s; a request must never outlive that by much.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 # SIGTERM: stop accepting, finish in-flight requests within this many seconds.
