@@ -136,7 +136,7 @@ def stack(
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "BOUNCER_VAR_DIR": str(workdir),
         "BOUNCER_RATE_LIMIT": "100000000/60",
-        "BOUNCER_LOG_LEVEL": "WARNING",
+        "BOUNCER_LOG_LEVEL": os.environ.get("BOUNCER_LOG_LEVEL", "INFO"),
         "APNS_TOKEN_KEY_FILE": str(workdir / "AuthKey.p8"),
         "APNS_TOKEN_KEY_ID": key.key_id,
         "APNS_TEAM_ID": key.team_id,

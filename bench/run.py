@@ -48,7 +48,9 @@ class Point:
     cpu_worker: float
     mem_web: float
     mem_worker: float
+    machine_busy: float = float("nan")
     limit: float | None = None
+    limit_machine_busy: float = float("nan")
 
     @property
     def throughput(self) -> float:
@@ -247,6 +249,7 @@ def measure(
 ) -> Point:
     time.sleep(0.5)  # whatever came before (a raw-limit run) has been counted
     delivered_before = s.delivered()
+    machine_before = machine_jiffies()
     cpu_before = (s.cpu_seconds("web"), s.cpu_seconds("worker"))
     done, latencies, errors, elapsed = drive_from_processes(
         s,
@@ -256,6 +259,7 @@ def measure(
         seconds=seconds,
         stamp=stamp,
     )
+    machine_after = machine_jiffies()
     time.sleep(1.5)  # late deliveries land; the fakes write their counts every 0.2 s
     delivered = s.delivered() - delivered_before
     return Point(
@@ -272,7 +276,22 @@ def measure(
         cpu_worker=s.cpu_seconds("worker") - cpu_before[1],
         mem_web=s.peak_memory_mb("web"),
         mem_worker=s.peak_memory_mb("worker"),
+        machine_busy=busy_fraction(machine_before, machine_after),
     )
+
+
+def machine_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU time of the whole machine so far, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    total = sum(fields[:8])  # without guest time, which user time already counts
+    return total - idle, total
+
+
+def busy_fraction(before: tuple[int, int], after: tuple[int, int]) -> float:
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total else float("nan")
 
 
 async def _raw_limit(tenants: list[Tenant], devices: int, in_flight: int, seconds: float) -> float:
@@ -358,20 +377,20 @@ def point_row(p: Point) -> str:
     per = p.delivered_per_second or p.requests_per_second
     total = per * p.seconds
     cpu_ms = (p.cpu_web + p.cpu_worker) / total * 1000 if total else float("nan")
-    limit = f"{p.limit:,.0f}" if p.limit else "-"
+    limit = f"{p.limit:,.0f} ({p.limit_machine_busy:.0%} busy)" if p.limit else "-"
     ratio = f"{p.delivered_per_second / p.limit:.0%}" if p.limit else "-"
     return (
         f"| {p.workload} | {p.concurrency or 'open loop'} | {p.requests_per_second:,.0f} | "
         f"{p.delivered_per_second:,.0f} | {p.p50_ms:,.0f} / {p.p95_ms:,.0f} / {p.p99_ms:,.0f} | "
         f"{fmt_errors(p.errors)} | {p.cpu_web:.1f} / {p.cpu_worker:.1f} ({cpu_ms:.1f} ms) | "
-        f"{p.mem_web:,.0f} / {p.mem_worker:,.0f} | {limit} | {ratio} |"
+        f"{p.mem_web:,.0f} / {p.mem_worker:,.0f} | {p.machine_busy:.0%} | {limit} | {ratio} |"
     )
 
 
 HEADER = (
     "| workload | in flight | req/s | delivered/s | latency p50 / p95 / p99 ms | errors | "
-    "CPU s web / worker (per item) | peak MB web / worker | raw limit/s | ratio |\n"
-    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    "CPU s web / worker (per item) | peak MB web / worker | machine busy | raw limit/s | ratio |\n"
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 )
 
 
@@ -392,7 +411,9 @@ def ladder(
         point = measure(s, workload, requests, concurrency=concurrency, seconds=seconds)
         devices = devices_per_request(workload)
         if with_limit and devices:
+            before = machine_jiffies()
             point.limit = raw_limit(tenants, devices, concurrency * devices, seconds / 2)
+            point.limit_machine_busy = busy_fraction(before, machine_jiffies())
         out.append(point_row(point))
         print(out[-1], flush=True)
         if best is not None and point.throughput < best.throughput * 1.05:
