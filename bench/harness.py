@@ -8,6 +8,7 @@ response). Everything stops when the run ends.
 
 import base64
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -257,6 +258,10 @@ def setup_django(s: Stack) -> None:
     import django
 
     django.setup()
+    # This process is the load generator: the bouncer's log level (INFO, its production
+    # default) is for the bouncer's processes, not a line per request sent from here.
+    for name in ("httpx", "httpcore", "delivery", "registrations", "legacy", "bouncer"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def percentile(values: list[float], p: float) -> float:
