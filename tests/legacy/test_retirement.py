@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from django.core.management import call_command
-from django.db import connection
+from django.db import connection, connections
 from django.utils import timezone
 
 from legacy import retirement
@@ -232,3 +232,58 @@ def test_the_batch_command_on_100000_rows(capsys: pytest.CaptureFixture[str]) ->
     assert RemotePushDeviceToken.objects.count() == 90_000
     with capsys.disabled():
         print(f"\n[figure] cleanup of 100,000 legacy rows (10,000 retired): {elapsed:.2f} s")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_row_another_retirement_deletes_meanwhile_is_not_counted_twice() -> None:
+    """The clean-up finds a shadowed row while another retirement (a registration's, in its
+    own transaction) is deleting it: only the deleter counts it."""
+    server = make_server()
+    realm = server.add_realm()
+    row = legacy(server, APNS, 1, realm)
+    e2ee_row(realm, APNS)
+
+    other = connections.create_connection("default")
+    other.set_autocommit(False)
+    with other.cursor() as cursor:
+        cursor.execute(
+            f"DELETE FROM {RemotePushDeviceToken._meta.db_table} WHERE id = %s",  # noqa: S608
+            [row.pk],
+        )
+        cursor.execute("SELECT pg_backend_pid()")
+        [(deleter_pid,)] = cursor.fetchall()
+
+    reports: list[retirement.CleanupReport] = []
+
+    def clean() -> None:
+        try:
+            reports.append(retirement.cleanup(dry_run=False, retention_days=30))
+        finally:
+            connection.close()
+
+    cleaner = threading.Thread(target=clean)
+    cleaner.start()
+    try:
+        # The clean-up reaches the row the other transaction holds, and waits for it.
+        deadline = time.monotonic() + 10
+        waiting = False
+        while not waiting and time.monotonic() < deadline:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE wait_event_type = 'Lock' AND pid <> %s",
+                    [deleter_pid],
+                )
+                [(count,)] = cursor.fetchall()
+            waiting = count > 0
+            time.sleep(0.02)
+        assert waiting, "the clean-up never reached the locked row"
+    finally:
+        other.commit()
+        other.close()
+        cleaner.join(timeout=30)
+
+    assert [dict(report.moved_to_e2ee) for report in reports] == [{}]
+    server.row.refresh_from_db()
+    assert server.row.legacy_tokens_retired == 0
+    assert not AuditLog.objects.filter(event_type=AuditLog.Event.LEGACY_TOKENS_RETIRED).exists()
