@@ -6,8 +6,8 @@ of the eight of a registration (bench/README.md). This backend asks the connecti
 state instead: psycopg's closed and transaction status, and whether the socket has bytes
 waiting. An idle PostgreSQL connection receives nothing unless the server is closing it
 (a restart, a terminated backend, a dropped TCP connection: each leaves the socket
-readable), so a readable idle socket means "reconnect". A connection that is merely slow
-is not detected here, as it was not by `SELECT 1` either; statement_timeout bounds that.
+readable), so a readable idle socket means "reconnect". A server that vanished without a
+word is not detected here, nor was it by `SELECT 1` (which would have waited for it).
 """
 
 import select
