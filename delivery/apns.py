@@ -34,6 +34,7 @@ from h2.events import ConnectionTerminated
 from h2.exceptions import ProtocolError as H2ProtocolError
 
 from delivery import credentials
+from delivery.h2client import skip_outbound_checks
 from delivery.outcomes import (
     CONNECTION_ERROR,
     NO_CREDENTIALS,
@@ -112,10 +113,8 @@ class _Protocol(APNsProductionClientProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # aioapns builds its H2Connection with h2's defaults; ours skip the outbound
-        # header checks (client_config in h2client.py says why).
-        self.conn.config.validate_outbound_headers = False
-        self.conn.config.normalize_outbound_headers = False
+        # aioapns builds its H2Connection with h2's defaults.
+        skip_outbound_checks(self.conn.config)
 
     @property
     def is_busy(self) -> bool:
