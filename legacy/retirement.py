@@ -29,7 +29,7 @@ from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from bouncer.metrics import LEGACY_TOKENS_RETIRED
-from legacy.models import RemotePushDeviceToken
+from legacy.models import RemotePushDeviceToken, token_digest
 from registrations.models import AuditLog, RemotePushDevice, RemoteRealm, RemoteZulipServer
 
 logger = logging.getLogger(__name__)
@@ -103,7 +103,11 @@ def same_phone_condition(
 ) -> tuple[str, list[str | int]]:
     """SQL on the legacy table (unqualified columns): the server's legacy rows for the phone of
     an E2EE device with this token. A realm-less row matches only when its server has exactly
-    one realm. Used by the registration itself (does any exist?) and by the delete below."""
+    one realm. Used by the registration itself (does any exist?) and by the delete below.
+
+    Found through the `legacy_token_digest` index (md5(lower(token))), then compared exactly:
+    on the server's rows alone, every E2EE registration read all of its server's legacy rows
+    (3.3 ms of PostgreSQL for 10,000 of them)."""
     realms = RemoteRealm._meta.db_table
     if token_kind == RemotePushDevice.Kind.APNS:
         same_token = "kind = %s AND lower(token) = %s"
@@ -111,12 +115,13 @@ def same_phone_condition(
     else:
         same_token = "kind = %s AND token = %s"
         token_params = [RemotePushDeviceToken.Kind.FCM.value, token]
-    sql = f"""server_id = %s
+    sql = f"""md5(lower(token)) = %s
+          AND server_id = %s
           AND (remote_realm_id = %s
                OR (remote_realm_id IS NULL
                    AND (SELECT count(*) FROM {realms} WHERE server_id = %s) = 1))
           AND {same_token}"""  # noqa: S608 - table names come from the models; values are parameters
-    return sql, [server_id, realm_id, server_id, *token_params]
+    return sql, [token_digest(token), server_id, realm_id, server_id, *token_params]
 
 
 def retire_for_e2ee_device(

@@ -287,3 +287,52 @@ def test_a_row_another_retirement_deletes_meanwhile_is_not_counted_twice() -> No
     server.row.refresh_from_db()
     assert server.row.legacy_tokens_retired == 0
     assert not AuditLog.objects.filter(event_type=AuditLog.Event.LEGACY_TOKENS_RETIRED).exists()
+
+
+def rows_read(plan: dict[str, Any], table: str) -> int:
+    """Rows a plan's scans of `table` read: those returned plus those filtered out."""
+    read = 0
+    if plan.get("Relation Name") == table:
+        read += plan["Actual Rows"] * plan["Actual Loops"]
+        read += plan.get("Rows Removed by Filter", 0) + plan.get("Rows Removed by Index Recheck", 0)
+    return read + sum(rows_read(child, table) for child in plan.get("Plans", []))
+
+
+@pytest.mark.django_db
+def test_a_registration_finds_its_phones_legacy_rows_by_index_not_by_reading_the_server() -> None:
+    """Every E2EE registration asks whether its phone has legacy rows: a server with many
+    legacy users must not make each registration read all of them."""
+    server = make_server()
+    realm = server.add_realm()
+    RemotePushDeviceToken.objects.bulk_create(
+        RemotePushDeviceToken(
+            server=server.row,
+            token=f"{i:064x}",
+            kind=1 + i % 2,  # APNs and FCM
+            remote_realm=realm,
+            user_id=i,
+            ios_app_id="org.zulip.Zulip" if i % 2 == 0 else None,
+        )
+        for i in range(5000)
+    )
+    legacy_table = RemotePushDeviceToken._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {legacy_table}")
+    # APNs tokens compare without case; FCM tokens exactly (an upper-case one is another).
+    for kind, token, found in [
+        ("apns", f"{0xABC:064X}", 1),
+        ("fcm", f"{0xABD:064x}", 1),
+        ("fcm", f"{0xABD:064X}", 0),
+    ]:
+        condition, params = retirement.same_phone_condition(
+            server_id=server.row.pk, realm_id=realm.pk, token_kind=kind, token=token
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"EXPLAIN (ANALYZE, FORMAT JSON) SELECT 1 FROM {legacy_table} WHERE {condition}",  # noqa: S608
+                params,
+            )
+            [(explained,)] = cursor.fetchall()
+        plan = explained[0]["Plan"]
+        assert plan["Actual Rows"] == found, (kind, token)
+        assert rows_read(plan, legacy_table) <= 1, explained
