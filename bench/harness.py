@@ -46,17 +46,22 @@ class Stack:
         )
 
     names: list[str] = field(default_factory=list)
+    # Processes not started by spawn(): PostgreSQL's postmaster, redis-server.
+    services: dict[str, int] = field(default_factory=dict)
 
     def _pids(self, role: str) -> list[int]:
-        return [
-            pid
+        roots = [
+            process.pid
             for name, process in zip(self.names, self.processes, strict=True)
             if name.startswith(role)
-            for pid in [process.pid, *_children(process.pid)]
         ]
+        if role in self.services:
+            roots.append(self.services[role])
+        return [pid for root in roots for pid in [root, *_children(root)]]
 
     def cpu_seconds(self, role: str) -> float:
-        """User+system CPU of a role's processes (web, worker, apns, fcm) so far, from /proc."""
+        """User+system CPU of a role's live processes (web, worker, apns, fcm, postgres,
+        redis) so far, from /proc."""
         tick = os.sysconf("SC_CLK_TCK")
         total = 0.0
         for pid in self._pids(role):
@@ -153,6 +158,9 @@ def stack(
     }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     s = Stack(env=env, web_url=f"http://127.0.0.1:{web_port}", workdir=workdir)
+    s.services["postgres"] = int((postgres.data / "postmaster.pid").read_text().split()[0])
+    assert redis.process is not None
+    s.services["redis"] = redis.process.pid
     try:
         s.spawn(
             "apns",

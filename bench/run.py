@@ -16,6 +16,8 @@ import contextlib
 import datetime
 import itertools
 import multiprocessing
+import os
+import resource
 import ssl
 import subprocess
 import sys
@@ -23,7 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -51,6 +53,9 @@ class Point:
     machine_busy: float = float("nan")
     limit: float | None = None
     limit_machine_busy: float = float("nan")
+    # CPU seconds by process group over the point and its raw limit (CpuMeter).
+    cpu: dict[str, float] = field(default_factory=dict)
+    limit_cpu: dict[str, float] = field(default_factory=dict)
 
     @property
     def throughput(self) -> float:
@@ -249,8 +254,7 @@ def measure(
 ) -> Point:
     time.sleep(0.5)  # whatever came before (a raw-limit run) has been counted
     delivered_before = s.delivered()
-    machine_before = machine_jiffies()
-    cpu_before = (s.cpu_seconds("web"), s.cpu_seconds("worker"))
+    meter = CpuMeter(s)
     done, latencies, errors, elapsed = drive_from_processes(
         s,
         requests,
@@ -259,7 +263,7 @@ def measure(
         seconds=seconds,
         stamp=stamp,
     )
-    machine_after = machine_jiffies()
+    cpu = meter.stop()
     time.sleep(1.5)  # late deliveries land; the fakes write their counts every 0.2 s
     delivered = s.delivered() - delivered_before
     return Point(
@@ -272,12 +276,64 @@ def measure(
         p95_ms=percentile(latencies, 95) * 1000,
         p99_ms=percentile(latencies, 99) * 1000,
         errors=errors,
-        cpu_web=s.cpu_seconds("web") - cpu_before[0],
-        cpu_worker=s.cpu_seconds("worker") - cpu_before[1],
+        cpu_web=cpu["web"],
+        cpu_worker=cpu["worker"],
         mem_web=s.peak_memory_mb("web"),
         mem_worker=s.peak_memory_mb("worker"),
-        machine_busy=busy_fraction(machine_before, machine_after),
+        machine_busy=cpu["machine"] / cpu["capacity"],
+        cpu=cpu,
     )
+
+
+# Where a point's CPU went: the bouncer's processes, what it talks to, the load generator.
+CPU_GROUPS = {
+    "web": ["web"],
+    "worker": ["worker"],
+    "PostgreSQL": ["postgres"],
+    "Redis": ["redis"],
+    "fakes": ["apns", "fcm"],
+}
+
+
+class CpuMeter:
+    """CPU seconds by group (CPU_GROUPS, "load generator"), the machine's busy seconds
+    ("machine"), what its cores could have given ("capacity") and the wall time ("seconds"),
+    from creation to stop()."""
+
+    def __init__(self, s: Stack) -> None:
+        self.s = s
+        # Reading the groups runs `ps`, which counts as this process's children: before the
+        # load generator's own reading when starting, after it when stopping.
+        self.before = self._groups()
+        self.before["load generator"] = self._load_generator()
+        self.jiffies = machine_jiffies()
+        self.started = time.perf_counter()
+
+    def stop(self) -> dict[str, float]:
+        seconds = time.perf_counter() - self.started
+        jiffies = machine_jiffies()
+        after = {"load generator": self._load_generator(), **self._groups()}
+        cpu = {group: after[group] - self.before[group] for group in after}
+        tick = os.sysconf("SC_CLK_TCK")
+        cpu["machine"] = (jiffies[0] - self.jiffies[0]) / tick
+        cpu["capacity"] = (jiffies[1] - self.jiffies[1]) / tick
+        cpu["seconds"] = seconds
+        return cpu
+
+    def _groups(self) -> dict[str, float]:
+        return {
+            group: sum(self.s.cpu_seconds(role) for role in roles)
+            for group, roles in CPU_GROUPS.items()
+        }
+
+    @staticmethod
+    def _load_generator() -> float:
+        """This process and its client processes (forked, finished and joined by then)."""
+        total = 0.0
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+            usage = resource.getrusage(who)
+            total += usage.ru_utime + usage.ru_stime
+        return total
 
 
 def machine_jiffies() -> tuple[int, int]:
@@ -289,12 +345,9 @@ def machine_jiffies() -> tuple[int, int]:
     return total - idle, total
 
 
-def busy_fraction(before: tuple[int, int], after: tuple[int, int]) -> float:
-    total = after[1] - before[1]
-    return (after[0] - before[0]) / total if total else float("nan")
-
-
-async def _raw_limit(tenants: list[Tenant], devices: int, in_flight: int, seconds: float) -> float:
+async def _raw_limit(
+    s: Stack, tenants: list[Tenant], in_flight: int, seconds: float
+) -> tuple[float, dict[str, float]]:
     """Our senders alone, straight to the fakes: the ceiling the bouncer is compared with."""
     from delivery.apns import ApnsMessage, ApnsSender
     from delivery.fcm import FcmMessage, FcmSender
@@ -336,15 +389,20 @@ async def _raw_limit(tenants: list[Tenant], devices: int, in_flight: int, second
     sent = 0
     deadline = time.perf_counter() + seconds
     started = time.perf_counter()
+    meter = CpuMeter(s)
     await asyncio.gather(*(loop(n) for n in range(in_flight)))
     rate = sent / (time.perf_counter() - started)
+    cpu = meter.stop()
     await apns.close()
     await fcm.close()
-    return rate
+    return rate, cpu
 
 
-def raw_limit(tenants: list[Tenant], devices: int, in_flight: int, seconds: float) -> float:
-    return asyncio.run(_raw_limit(tenants, devices, in_flight, seconds))
+def raw_limit(
+    s: Stack, tenants: list[Tenant], in_flight: int, seconds: float
+) -> tuple[float, dict[str, float]]:
+    """Notifications per second, and the CPU by group while they were sent."""
+    return asyncio.run(_raw_limit(s, tenants, in_flight, seconds))
 
 
 def requests_for(workload: str, tenants: list[Tenant], public_key: str) -> Iterator[Request]:
@@ -387,6 +445,41 @@ def point_row(p: Point) -> str:
     )
 
 
+def cpu_rows(p: Point) -> list[str]:
+    """CPU milliseconds per item (delivered notification, else request) by process group,
+    for the point and its raw limit; "rest" is the machine's busy time no group accounts for
+    (the kernel's own work, other processes)."""
+    rows = [_cpu_row(p.workload, p.concurrency, p.cpu, p.throughput * p.seconds)]
+    if p.limit and p.limit_cpu:
+        rows.append(
+            _cpu_row(
+                f"raw limit, {p.workload}",
+                p.concurrency * devices_per_request(p.workload),
+                p.limit_cpu,
+                p.limit * p.limit_cpu["seconds"],
+            )
+        )
+    return [row for row in rows if row]
+
+
+def _cpu_row(label: str, in_flight: int, cpu: dict[str, float], items: float) -> str:
+    if not items or not cpu:
+        return ""
+    named = [*CPU_GROUPS, "load generator"]
+    rest = cpu["machine"] - sum(cpu[group] for group in named)
+    cells = " | ".join(f"{cpu[group] / items * 1000:.2f}" for group in named)
+    return (
+        f"| {label} | {in_flight or 'open loop'} | {cells} | "
+        f"{rest / items * 1000:.2f} | {cpu['machine'] / items * 1000:.2f} |"
+    )
+
+
+CPU_HEADER = (
+    "| workload | in flight | web | worker | PostgreSQL | Redis | fakes | load generator | "
+    "rest | machine |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+)
+
+
 HEADER = (
     "| workload | in flight | req/s | delivered/s | latency p50 / p95 / p99 ms | errors | "
     "CPU s web / worker (per item) | peak MB web / worker | machine busy | raw limit/s | ratio |\n"
@@ -403,6 +496,7 @@ def ladder(
     seconds: float,
     with_limit: bool,
     out: list[str],
+    points: list[Point],
 ) -> Point:
     """Rising concurrency until throughput stops rising (less than 5% more)."""
     requests = requests_for(workload, tenants, public_key)
@@ -411,11 +505,11 @@ def ladder(
         point = measure(s, workload, requests, concurrency=concurrency, seconds=seconds)
         devices = devices_per_request(workload)
         if with_limit and devices:
-            before = machine_jiffies()
-            point.limit = raw_limit(tenants, devices, concurrency * devices, seconds / 2)
-            point.limit_machine_busy = busy_fraction(before, machine_jiffies())
+            point.limit, point.limit_cpu = raw_limit(s, tenants, concurrency * devices, seconds / 2)
+            point.limit_machine_busy = point.limit_cpu["machine"] / point.limit_cpu["capacity"]
         out.append(point_row(point))
         print(out[-1], flush=True)
+        points.append(point)
         if best is not None and point.throughput < best.throughput * 1.05:
             break
         if best is None or point.throughput > best.throughput:
@@ -482,9 +576,10 @@ def run_main(args: argparse.Namespace, out: list[str]) -> None:
         out.append(HEADER)
         print("\n".join(out), flush=True)
         saturation: dict[str, Point] = {}
+        points: list[Point] = []
         for workload in args.workloads:
             saturation[workload] = ladder(
-                s, workload, tenants, public_key, args.concurrency, args.seconds, True, out
+                s, workload, tenants, public_key, args.concurrency, args.seconds, True, out, points
             )
         if args.half_load:
             out.append("\n## Latency at half the saturation load (open loop)\n")
@@ -495,6 +590,7 @@ def run_main(args: argparse.Namespace, out: list[str]) -> None:
                 point = half_load_latency(s, workload, tenants, saturation[workload], args.seconds)
                 out.append(point_row(point))
                 print(out[-1], flush=True)
+                points.append(point)
         if args.overload:
             out.append("\n## Above saturation\n")
             out.append(
@@ -518,6 +614,7 @@ def run_main(args: argparse.Namespace, out: list[str]) -> None:
                 )
                 out.append(point_row(point))
                 print(out[-1], flush=True)
+                points.append(point)
                 if workload not in saturation:
                     continue
                 point = measure(
@@ -531,6 +628,17 @@ def run_main(args: argparse.Namespace, out: list[str]) -> None:
                 )
                 out.append(point_row(point))
                 print(out[-1], flush=True)
+                points.append(point)
+        out.append("\n## Where the machine's CPU went, ms per item\n")
+        out.append(
+            "Per delivered notification (per request for registrations and the floor), "
+            "measured over each point above in the same order. The bouncer is web + worker; "
+            "PostgreSQL, Redis, the fakes and the load generator share the same cores.\n"
+        )
+        out.append(CPU_HEADER)
+        rows = [row for point in points for row in cpu_rows(point)]
+        out += rows
+        print("\n".join(out[-len(rows) - 3 :]), flush=True)
 
 
 def run_rows(args: argparse.Namespace) -> list[str]:
