@@ -60,14 +60,17 @@ class Stack:
         return [pid for root in roots for pid in [root, *_children(root)]]
 
     def cpu_seconds(self, role: str) -> float:
-        """User+system CPU of a role's live processes (web, worker, apns, fcm, postgres,
-        redis) so far, from /proc."""
+        """User+system CPU of a role's processes (web, worker, apns, fcm, postgres, redis)
+        so far, from /proc: each live process's own, plus what its children that have exited
+        used (a PostgreSQL backend exits when its connection closes; its CPU then moves to
+        the postmaster's children's time, and is counted once either way)."""
         tick = os.sysconf("SC_CLK_TCK")
         total = 0.0
         for pid in self._pids(role):
             with contextlib.suppress(OSError):
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                total += (int(fields[11]) + int(fields[12])) / tick
+                # utime, stime, cutime, cstime
+                total += sum(int(f) for f in fields[11:15]) / tick
         return total
 
     def peak_memory_mb(self, role: str) -> float:

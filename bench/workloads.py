@@ -236,6 +236,57 @@ def legacy_lookup_plan(tenant: Tenant, user_id: int) -> str:
     return query.explain(analyze=True)
 
 
+def add_filler_legacy_tokens(rows: int, tenants: list[Tenant]) -> None:
+    """Grow the legacy token table to `rows`, the new rows spread over the tenants' servers
+    (other users, APNs and FCM alternating): a look-up that reads a server's rows instead of
+    using an index gets slower as this grows."""
+    from legacy.models import RemotePushDeviceToken
+    from registrations.models import RemoteRealm, RemoteZulipServer
+
+    current = RemotePushDeviceToken.objects.count()
+    if current >= rows:
+        return
+    servers = [RemoteZulipServer.objects.get(uuid=t.uuid).pk for t in tenants]
+    realms = [RemoteRealm.objects.get(uuid=t.realm_uuid).pk for t in tenants]
+    table = RemotePushDeviceToken._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            INSERT INTO {table} (server_id, remote_realm_id, user_id, kind, token, ios_app_id,
+                                 created)
+            SELECT (%s::bigint[])[1 + s], (%s::bigint[])[1 + s], 10000000 + n, k,
+                   CASE WHEN k = 1 THEN md5(n::text) || md5(random()::text)
+                        ELSE 'fcm-' || md5(n::text) || md5(random()::text) END,
+                   CASE WHEN k = 1 THEN 'org.zulip.Zulip' END, now()
+            FROM (SELECT n, n %% %s AS s, 1 + (n / %s) %% 2 AS k
+                  FROM generate_series(%s, %s) AS n) AS filler
+            ON CONFLICT DO NOTHING
+            """,  # noqa: S608 - the table name comes from the model, the values are parameters
+            [servers, realms, len(tenants), len(tenants), current, rows - 1],
+        )
+        cursor.execute(f"ANALYZE {table}")
+
+
+def registration_legacy_check_plan(tenant: Tenant) -> str:
+    """EXPLAIN ANALYZE of what every E2EE registration asks: has this server legacy rows for
+    the phone (a new one here, so none)?"""
+    from legacy.models import RemotePushDeviceToken
+    from legacy.retirement import same_phone_condition
+    from registrations.models import RemoteRealm
+
+    realm = RemoteRealm.objects.get(uuid=tenant.realm_uuid)
+    condition, params = same_phone_condition(
+        server_id=realm.server_id, realm_id=realm.pk, token_kind="apns", token=secrets.token_hex(32)
+    )
+    table = RemotePushDeviceToken._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"EXPLAIN ANALYZE SELECT EXISTS (SELECT 1 FROM {table} WHERE {condition})",  # noqa: S608 - the service's own SQL
+            params,
+        )
+        return "\n".join(line for (line,) in cursor.fetchall())
+
+
 def add_filler_devices(rows: int) -> None:
     """Grow the device table to `rows` E2EE devices in other realms (SQL, seconds per million)."""
     from registrations.models import RemotePushDevice, RemoteRealm, RemoteZulipServer
