@@ -654,6 +654,7 @@ def run_rows(args: argparse.Namespace) -> list[str]:
         tenants = workloads.create_tenants(servers=4, e2ee_per_server=600, legacy_users=100)
         public_key = bouncer_public_key()
         rows_table = [HEADER.replace("| workload |", "| rows in each table, workload |", 1)]
+        cpu_table = [CPU_HEADER.replace("| workload |", "| rows in each table, workload |", 1)]
         plans: list[str] = []
         for rows in args.rows:
             workloads.add_filler_devices(rows)
@@ -666,9 +667,9 @@ def run_rows(args: argparse.Namespace) -> list[str]:
                     concurrency=args.concurrency[-1] if args.concurrency else 16,
                     seconds=args.seconds,
                 )
-                rows_table.append(
-                    point_row(point).replace(f"| {workload} |", f"| {rows:,}, {workload} |", 1)
-                )
+                label = f"| {rows:,}, {workload} |"
+                rows_table.append(point_row(point).replace(f"| {workload} |", label, 1))
+                cpu_table += [row.replace(f"| {workload} |", label, 1) for row in cpu_rows(point)]
                 print(rows_table[-1], flush=True)
             token_ids = [sealing.token_id_int(t) for _, t in tenants[0].e2ee_tokens[:3]]
             plan = workloads.device_lookup_plan(tenants[0].realm_uuid, token_ids)
@@ -684,8 +685,11 @@ def run_rows(args: argparse.Namespace) -> list[str]:
                 f"```\n{registration_plan}\n```\n"
             )
         out += rows_table
+        out.append("\nCPU per item, ms:\n")
+        out += cpu_table
         out.append("")
         out += plans
+        print("\n".join(cpu_table + plans), flush=True)
     return out
 
 
