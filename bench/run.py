@@ -735,7 +735,8 @@ def run_scaling(args: argparse.Namespace) -> list[str]:
             text=True,
             check=True,
         )
-        [row] = [line for line in child.stdout.splitlines() if line.startswith("| e2ee-3 |")]
+        # The throughput row; the CPU table that follows starts the same way.
+        row = next(line for line in child.stdout.splitlines() if line.startswith("| e2ee-3 |"))
         out.append(row.replace("| e2ee-3 |", f"| {web_workers} |", 1))
         print(out[-1], flush=True)
     return out
