@@ -18,7 +18,7 @@ from django.test.client import Client as DjangoClient
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from registrations import sealing
+from registrations import keys, sealing
 from registrations.models import RemotePushDevice, RemoteRealm, RemoteZulipServer
 
 API = "/api/v1/remotes/"
@@ -139,6 +139,44 @@ def add_e2ee_devices(realm: RemoteRealm, tokens: Iterable[str]) -> None:
             for t in tokens
         ),
         batch_size=5000,
+    )
+
+
+def e2ee_register(server: ZulipServer, realm: RemoteRealm, token: str, kind: str = "apns") -> Any:
+    """`push/e2ee/register` for a phone with this token, sealed to the active bouncer key."""
+    public = (keys.active_key() or keys.generate_key()).public_key
+    payload = {
+        "token": token,
+        "token_kind": kind,
+        "timestamp": int(time.time()),
+        "ios_app_id": "org.zulip.Zulip" if kind == "apns" else None,
+    }
+    return server.post_form(
+        "push/e2ee/register",
+        {
+            "realm_uuid": str(realm.uuid),
+            "token_id": sealing.token_id_b64(sealing.token_id_int(token)),
+            "encrypted_push_registration": sealing.seal_registration(payload, public),
+            "bouncer_public_key": public,
+        },
+    )
+
+
+def e2ee_notify(server: ZulipServer, realm: RemoteRealm, tokens: list[str]) -> Any:
+    """`push/e2ee/notify` to the APNs devices with these tokens."""
+    return server.post_json(
+        "push/e2ee/notify",
+        {
+            "realm_uuid": str(realm.uuid),
+            "push_requests": [
+                {
+                    "token_id": sealing.token_id_b64(sealing.token_id_int(t)),
+                    "http_headers": {"apns_priority": 10, "apns_push_type": "alert"},
+                    "payload": {"push_key_id": 1, "encrypted_data": "abc"},
+                }
+                for t in tokens
+            ],
+        },
     )
 
 

@@ -3,8 +3,8 @@
 from typing import Any
 
 from registrations.models import RemoteRealm
-from tests.conftest import ZulipServer
-from tests.legacy.test_retirement import APNS, USER_UUID, e2ee_register, e2ee_row, legacy
+from tests.conftest import ZulipServer, e2ee_register
+from tests.legacy.test_retirement import APNS, USER_UUID, e2ee_row, legacy
 
 
 def test_the_loop_closes_through_deleted_devices_even_without_an_unregister(

@@ -8,7 +8,6 @@ tables during each request (`pg_stat_xact_user_tables`: this transaction's count
 the same server and realm hold thousands of other users' rows.
 """
 
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -17,9 +16,8 @@ import pytest
 from django.db import connection
 
 from legacy.models import RemotePushDeviceToken
-from registrations import keys, sealing
 from registrations.models import RemotePushDevice, RemoteRealm
-from tests.conftest import ZulipServer, add_e2ee_devices
+from tests.conftest import ZulipServer, add_e2ee_devices, e2ee_notify, e2ee_register
 
 pytestmark = pytest.mark.usefixtures("in_process_delivery", "upstreams")
 
@@ -73,25 +71,6 @@ def rows_read(request: Callable[[], Any]) -> int:
     return so_far() - before
 
 
-def e2ee_register(server: ZulipServer, realm: RemoteRealm, token: str) -> Any:
-    public = (keys.active_key() or keys.generate_key()).public_key
-    registration = {
-        "token": token,
-        "token_kind": "apns",
-        "timestamp": int(time.time()),
-        "ios_app_id": "org.zulip.Zulip",
-    }
-    return server.post_form(
-        "push/e2ee/register",
-        {
-            "realm_uuid": str(realm.uuid),
-            "token_id": sealing.token_id_b64(sealing.token_id_int(token)),
-            "encrypted_push_registration": sealing.seal_registration(registration, public),
-            "bouncer_public_key": public,
-        },
-    )
-
-
 def legacy_form(**fields: Any) -> dict[str, Any]:
     return {"user_id": 10, "user_uuid": USER_UUID, **fields}
 
@@ -140,22 +119,7 @@ def test_every_request_reads_only_its_own_rows(
         lambda: e2ee_register(server, realm, APNS.upper())
     )
     assert not RemotePushDeviceToken.objects.filter(user_uuid=USER_UUID).exists()
-    reads["E2EE notify"] = rows_read(
-        lambda: server.post_json(
-            "push/e2ee/notify",
-            {
-                "realm_uuid": str(realm.uuid),
-                "push_requests": [
-                    {
-                        "token_id": sealing.token_id_b64(sealing.token_id_int(token)),
-                        "http_headers": {"apns_priority": 10, "apns_push_type": "alert"},
-                        "payload": {"push_key_id": 1, "encrypted_data": "AAAA"},
-                    }
-                    for token in ("fe" * 32, f"{7:064X}")
-                ],
-            },
-        )
-    )
+    reads["E2EE notify"] = rows_read(lambda: e2ee_notify(server, realm, ["fe" * 32, f"{7:064X}"]))
     reads["legacy unregister all"] = rows_read(
         lambda: server.post_form(
             "push/unregister/all", {"user_uuid": str(uuid.uuid4()), "user_id": 100_002}

@@ -10,7 +10,6 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import psycopg
@@ -20,11 +19,11 @@ from pytest_django.fixtures import Settings
 from delivery import attemptlog
 from delivery.models import DeliveryAttempt
 from registrations import sealing
-from registrations.models import RemotePushDevice, RemoteRealm
+from registrations.models import RemotePushDevice
 from tests.conftest import (
-    ZulipServer,
     add_e2ee_devices,
     delivered_notifications,
+    e2ee_notify,
     make_server,
     wait_until,
 )
@@ -49,23 +48,6 @@ def tokens(n: int) -> list[str]:
     return [f"{i:064x}" for i in range(1, n + 1)]
 
 
-def notify(server: ZulipServer, realm: RemoteRealm, values: list[str]) -> Any:
-    return server.post_json(
-        "push/e2ee/notify",
-        {
-            "realm_uuid": str(realm.uuid),
-            "push_requests": [
-                {
-                    "token_id": sealing.token_id_b64(sealing.token_id_int(t)),
-                    "http_headers": {"apns_priority": 10, "apns_push_type": "alert"},
-                    "payload": {"push_key_id": 1, "encrypted_data": "abc"},
-                }
-                for t in values
-            ],
-        },
-    )
-
-
 @pytest.fixture
 def worker_env(apns_settings: dict[str, str]) -> dict[str, str]:
     return {**apns_settings, "DELIVERY_CLAIM_SECONDS": "3", "CELERY_VISIBILITY_TIMEOUT": "2"}
@@ -87,7 +69,7 @@ def test_the_first_attempt_is_answered_by_the_web_and_its_retry_delivered_by_the
     add_e2ee_devices(realm, values)
     fake_apns.script(values[0], Answer(410, "Unregistered"))
     fake_apns.script(values[1], Answer(503, "ServiceUnavailable"))
-    response = notify(server, realm, values)
+    response = e2ee_notify(server, realm, values)
     assert response.status_code == 200
     body = response.json()
     assert body["apple_successfully_sent_count"] == 1  # the 503 is not counted
@@ -121,7 +103,7 @@ def test_a_delivery_not_answered_in_time_is_not_counted_and_still_happens(
     values = tokens(2)
     add_e2ee_devices(realm, values)
     started = time.monotonic()
-    body = notify(server, realm, values).json()
+    body = e2ee_notify(server, realm, values).json()
     assert time.monotonic() - started < 1.0  # answered at the wait's end, not Apple's
     assert body["apple_successfully_sent_count"] == 0
     assert body["delete_token_ids"] == []
@@ -146,7 +128,7 @@ def test_transient_failures_are_retried_in_the_background(
     [token] = tokens(1)
     add_e2ee_devices(realm, [token])
     fake_apns.script(token, Answer(503, "ServiceUnavailable"), Answer(503, "ServiceUnavailable"))
-    body = notify(server, realm, [token]).json()
+    body = e2ee_notify(server, realm, [token]).json()
     assert body["apple_successfully_sent_count"] == 0  # the first attempt failed
     # Backoff: 1-2 s, then 2-4 s.
     assert wait_until(lambda: fake_apns.delivered == 1, 15), worker.log()
@@ -167,7 +149,7 @@ def test_a_worker_killed_mid_batch_loses_no_delivery(
     for t in values:
         fake_apns.script(t, Answer(503, "ServiceUnavailable"))  # so the worker gets a batch
     first = CeleryWorker(env=worker_env, name="doomed").start()
-    assert notify(server, realm, values).json()["apple_successfully_sent_count"] == 0
+    assert e2ee_notify(server, realm, values).json()["apple_successfully_sent_count"] == 0
     fake_apns.latency_ms = (1500, 1500)  # the retry comes 1-2 s later
     assert wait_until(lambda: len(fake_apns.received) == 40, 10), first.log()
     first.kill()  # mid-batch: every retry is in flight, none answered, nothing acked
@@ -195,7 +177,7 @@ def test_two_workers_sharing_the_queue_deliver_each_retry_once(
     workers = [CeleryWorker(env=worker_env, name=f"w{i}").start() for i in range(2)]
     try:
         for chunk in range(0, 30, 3):
-            assert notify(server, realm, values[chunk : chunk + 3]).status_code == 200
+            assert e2ee_notify(server, realm, values[chunk : chunk + 3]).status_code == 200
         assert wait_until(lambda: fake_apns.delivered == 30, 15)
         time.sleep(0.5)
         for t in values:
@@ -294,7 +276,7 @@ def test_a_worker_only_machine_serves_its_own_metrics(
     worker = CeleryWorker(env=env, name="metrics").start()
     try:
         wait_for_port(port, timeout=10)
-        assert notify(server, realm, values).json()["apple_successfully_sent_count"] == 0
+        assert e2ee_notify(server, realm, values).json()["apple_successfully_sent_count"] == 0
 
         def delivered() -> float:
             text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text

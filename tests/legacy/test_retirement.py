@@ -15,7 +15,7 @@ from legacy import retirement
 from legacy.models import RemotePushDeviceToken
 from registrations import keys, sealing
 from registrations.models import AuditLog, RemotePushDevice, RemoteRealm, RemoteZulipServer
-from tests.conftest import ZulipServer, add_e2ee_devices, make_server
+from tests.conftest import ZulipServer, add_e2ee_devices, e2ee_register, make_server
 
 APNS = "c0ffee" * 10 + "abcd"
 FCM = "fcm-token-" + "f" * 100
@@ -33,25 +33,6 @@ def legacy(
         user_uuid=USER_UUID,
         ios_app_id="org.zulip.Zulip" if kind == 1 else None,
         **f,
-    )
-
-
-def e2ee_register(server: ZulipServer, realm: RemoteRealm, token: str, kind: str = "apns") -> Any:
-    public = (keys.active_key() or keys.generate_key()).public_key
-    payload = {
-        "token": token,
-        "token_kind": kind,
-        "timestamp": int(time.time()),
-        "ios_app_id": "org.zulip.Zulip" if kind == "apns" else None,
-    }
-    return server.post_form(
-        "push/e2ee/register",
-        {
-            "realm_uuid": str(realm.uuid),
-            "token_id": sealing.token_id_b64(sealing.token_id_int(token)),
-            "encrypted_push_registration": sealing.seal_registration(payload, public),
-            "bouncer_public_key": public,
-        },
     )
 
 
