@@ -57,7 +57,7 @@ class Stack:
         ]
         if role in self.services:
             roots.append(self.services[role])
-        return [pid for root in roots for pid in [root, *_children(root)]]
+        return _descendants(roots)
 
     def cpu_seconds(self, role: str) -> float:
         """User+system CPU of a role's processes (web, worker, apns, fcm, postgres, redis)
@@ -93,15 +93,22 @@ class Stack:
         return total
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        out = subprocess.run(
-            ["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False
-        ).stdout
-    except OSError:
-        return []
-    kids = [int(p) for p in out.split()]
-    return kids + [g for k in kids for g in _children(k)]
+def _descendants(roots: list[int]) -> list[int]:
+    """The roots and every process under them, from one pass over /proc (a PostgreSQL
+    postmaster has a backend per connection: one `ps` per process was dozens per reading)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry.name))
+    found: list[int] = []
+    pending = list(roots)
+    while pending:
+        pid = pending.pop()
+        found.append(pid)
+        pending.extend(children.get(pid, []))
+    return found
 
 
 @contextlib.contextmanager

@@ -302,8 +302,6 @@ class CpuMeter:
 
     def __init__(self, s: Stack) -> None:
         self.s = s
-        # Reading the groups runs `ps`, which counts as this process's children: before the
-        # load generator's own reading when starting, after it when stopping.
         self.before = self._groups()
         self.before["load generator"] = self._load_generator()
         self.jiffies = machine_jiffies()
