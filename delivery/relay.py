@@ -50,15 +50,26 @@ def _message(delivery: dict[str, Any]) -> ApnsMessage | FcmMessage:
 
 
 class Relay:
-    def __init__(self) -> None:
+    """The senders of this process, on one event loop.
+
+    In the web server (`manage.py serve`) that loop is the server's own: the notify endpoints
+    await the senders directly, and Django's threads hand over through `send_all`. Elsewhere
+    (Celery workers, management commands, tests) the relay runs a loop in a thread of its own.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.pid = os.getpid()
+        # One Redis connection pool for the claims of every retry batch of this process.
+        self.channel = WorkerChannel()
+        if loop is not None:
+            self.loop = loop
+            self._apns, self._fcm = ApnsSender(), FcmSender()
+            return
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self.loop.run_forever, name="delivery-loop", daemon=True
         )
         self._thread.start()
-        # One Redis connection pool for the claims of every retry batch of this process.
-        self.channel = WorkerChannel()
         # Senders are built inside the loop: their HTTP/2 clients belong to it.
         self._apns, self._fcm = asyncio.run_coroutine_threadsafe(self._build(), self.loop).result(
             timeout=30
@@ -66,6 +77,10 @@ class Relay:
 
     async def _build(self) -> tuple[ApnsSender, FcmSender]:
         return ApnsSender(), FcmSender()
+
+    async def aclose(self) -> None:
+        await self._apns.close()
+        await self._fcm.close()
 
     async def _send_one(self, delivery: dict[str, Any], on_result: OnResult | None) -> SendResult:
         message = _message(delivery)
@@ -140,4 +155,12 @@ def get_relay() -> Relay:
     with _lock:
         if _relay is None or _relay.pid != os.getpid():
             _relay = Relay()
+        return _relay
+
+
+def attach_relay(loop: asyncio.AbstractEventLoop) -> Relay:
+    """Make the running server loop this process's relay (the web server's start-up)."""
+    global _relay
+    with _lock:
+        _relay = Relay(loop)
         return _relay

@@ -182,12 +182,13 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
 
-class Gunicorn:
-    """The production web process: gunicorn with deploy/gunicorn.conf.py, on a free port."""
+class WebServer:
+    """The production web process (`manage.py serve`), on a free port."""
 
-    def __init__(self, *, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, *, env: dict[str, str], log_path: Path, workers: int = 1) -> None:
         self.port = free_port()
-        self.env = {**env, "GUNICORN_BIND": f"127.0.0.1:{self.port}"}
+        self.env = env
+        self.workers = workers
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -195,10 +196,18 @@ class Gunicorn:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "Gunicorn":
+    def start(self) -> "WebServer":
         with self.log_path.open("wb") as log:  # the child keeps its own copy of the handle
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py"],
+                [
+                    sys.executable,
+                    "manage.py",
+                    "serve",
+                    "--bind",
+                    f"127.0.0.1:{self.port}",
+                    "--workers",
+                    str(self.workers),
+                ],
                 cwd=ROOT,
                 env=self.env,
                 stdout=log,
@@ -211,7 +220,7 @@ class Gunicorn:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        """SIGTERM: gunicorn finishes its requests and exits."""
+        """SIGTERM: the server finishes its requests and exits."""
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             self.process.wait(timeout=30)

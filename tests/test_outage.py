@@ -18,7 +18,7 @@ from registrations.models import RemotePushDevice
 from tests.conftest import make_server
 from tests.fakes.apns import Answer, FakeApns, SigningKey
 from tests.fakes.tls import loopback_tls
-from tests.services import ROOT, Gunicorn, PostgresCluster, RedisServer
+from tests.services import ROOT, PostgresCluster, RedisServer, WebServer
 from tests.zulip_server_side import INTERNAL_SERVER_ERROR_ON_BOUNCER, e2ee_test_notification_result
 
 TOKEN = "c0ffee" * 10 + "abcd"
@@ -51,14 +51,13 @@ def test_broker_down_is_a_503_when_a_retry_is_needed_and_the_web_recovers_withou
         "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
         "CELERY_BROKER_URL": broker.url,
         "NOTIFY_WAIT_SECONDS": "0.3",
-        "GUNICORN_WORKERS": "1",
         "APNS_TOKEN_KEY_FILE": str(key_file),
         "APNS_TOKEN_KEY_ID": apns_key.key_id,
         "APNS_TEAM_ID": apns_key.team_id,
         "APNS_ENDPOINT": apns.endpoint,
         "PUSH_CA_FILE": str(loopback_tls().ca_file),
     }
-    web = Gunicorn(env=env, log_path=tmp_path / "gunicorn.log")
+    web = WebServer(env=env, log_path=tmp_path / "web.log")
     body = {
         "realm_uuid": str(realm.uuid),
         "push_requests": [
@@ -110,8 +109,8 @@ def test_broker_down_is_a_503_when_a_retry_is_needed_and_the_web_recovers_withou
 def test_database_down_is_a_503_and_the_web_recovers_without_a_restart(tmp_path: Path) -> None:
     database = PostgresCluster()
     database.start()
-    env = {**os.environ, "DATABASE_URL": database.url, "GUNICORN_WORKERS": "1"}
-    web = Gunicorn(env=env, log_path=tmp_path / "gunicorn.log")
+    env = {**os.environ, "DATABASE_URL": database.url}
+    web = WebServer(env=env, log_path=tmp_path / "web.log")
     try:
         subprocess.run(
             [sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"],

@@ -29,7 +29,7 @@ from tests.conftest import (
 )
 from tests.delivery.worker import CeleryWorker
 from tests.fakes.apns import Answer, FakeApns
-from tests.services import ROOT, Gunicorn, PostgresCluster, free_port, wait_for_port
+from tests.services import ROOT, PostgresCluster, WebServer, free_port, wait_for_port
 from tests.zulip_client import ZulipServerClient
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -200,9 +200,8 @@ def test_a_database_restart_mid_batch_loses_no_delivery(
         **worker_env,
         "DATABASE_URL": database.url,
         "NOTIFY_WAIT_SECONDS": "0.3",
-        "GUNICORN_WORKERS": "1",
     }
-    web = Gunicorn(env=env, log_path=tmp_path / "web.log")
+    web = WebServer(env=env, log_path=tmp_path / "web.log")
     worker: CeleryWorker | None = None
     try:
         manage = [sys.executable, "manage.py"]

@@ -1,0 +1,71 @@
+"""The web server's application (`manage.py serve`): the hot endpoints on the event loop,
+everything else Django in a thread pool.
+
+A notify request is read, authorised, looked up, sent and answered on the process's one
+event loop, beside the HTTP/2 connections to APNs and FCM (delivery/relay.py): no thread
+hand-off, no Django request handler (which alone costs more CPU than the rest of a one-device
+notify). Django keeps everything else (registration, analytics, admin, probes, metrics) as a
+WSGI application run by a2wsgi in a pool of threads, as gunicorn's threads ran it.
+"""
+
+import asyncio
+import logging
+import os
+
+import django
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bouncer.settings")
+django.setup()
+
+from a2wsgi import WSGIMiddleware  # noqa: E402 - Django must be set up first
+from django.conf import settings  # noqa: E402
+from django.core.wsgi import get_wsgi_application  # noqa: E402
+
+from bouncer.asgi_io import Endpoint, Receive, Scope, Send  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+# Django's threads: registration, analytics, admin. The notify path does not use them.
+DJANGO_THREADS = 16
+
+
+def _hot_routes() -> dict[str, Endpoint]:
+    from delivery.endpoints import ROUTES
+
+    return ROUTES
+
+
+class Application:
+    def __init__(self) -> None:
+        self.django = WSGIMiddleware(get_wsgi_application(), workers=DJANGO_THREADS)
+        self.routes = _hot_routes()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            endpoint = self.routes.get(scope["path"])
+            if endpoint is not None:
+                await endpoint(scope, receive, send)
+            else:
+                await self.django(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        from delivery import attemptlog
+        from delivery.relay import attach_relay
+
+        await receive()  # lifespan.startup
+        relay = attach_relay(asyncio.get_running_loop())
+        await send({"type": "lifespan.startup.complete"})
+        await receive()  # lifespan.shutdown: in-flight requests have finished
+        await relay.aclose()
+        # The delivery log rows this process still buffers.
+        await asyncio.to_thread(attemptlog.stop)
+        if settings.PROMETHEUS_MULTIPROC_DIR:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+        await send({"type": "lifespan.shutdown.complete"})
+
+
+application = Application()
