@@ -347,8 +347,9 @@ async def _raw_limit(
     s: Stack, tenants: list[Tenant], in_flight: int, seconds: float
 ) -> tuple[float, dict[str, float]]:
     """Our senders alone, straight to the fakes: the ceiling the bouncer is compared with."""
-    from delivery.apns import ApnsMessage, ApnsSender
-    from delivery.fcm import FcmMessage, FcmSender
+    from delivery.apns import ApnsSender
+    from delivery.fcm import FcmSender
+    from delivery.types import Delivery
 
     apns, fcm = ApnsSender(), FcmSender()
     tokens = [t for tenant in tenants for t in tenant.e2ee_tokens]
@@ -363,10 +364,12 @@ async def _raw_limit(
             kind, token = tokens[i % len(tokens)]
             if kind == "apns":
                 await apns.send(
-                    ApnsMessage(
+                    Delivery.apns(
+                        index=0,
+                        device_id=0,
                         token=token,
                         app_id="org.zulip.Zulip",
-                        payload=payload,
+                        body=payload,
                         priority=10,
                         push_type="alert",
                         expiration=None,
@@ -374,7 +377,9 @@ async def _raw_limit(
                 )
             else:
                 await fcm.send(
-                    FcmMessage(
+                    Delivery.fcm(
+                        index=0,
+                        device_id=0,
                         token=token,
                         data={"push_key_id": "1", "encrypted_data": "x" * 240},
                         priority="high",

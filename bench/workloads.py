@@ -216,8 +216,8 @@ def device_lookup_plan(realm_uuid: str, token_ids: list[int]) -> str:
     """EXPLAIN ANALYZE of the notify path's device look-up, as the service issues it."""
     from django.db import connection
 
-    from delivery.services import active_devices_condition
     from registrations.models import RemotePushDevice, RemoteRealm
+    from registrations.notify import active_devices_condition
 
     realm = RemoteRealm.objects.get(uuid=realm_uuid)
     query = active_devices_condition(realm_id=realm.pk, token_ids=set(token_ids), device_ids=set())

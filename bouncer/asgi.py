@@ -30,14 +30,19 @@ DJANGO_THREADS = 16
 
 
 def _hot_routes() -> dict[str, Endpoint]:
-    from delivery.endpoints import ROUTES
+    from bouncer.endpoints import ROUTES
 
     return ROUTES
 
 
 class Application:
     def __init__(self) -> None:
-        self.django = WSGIMiddleware(get_wsgi_application(), workers=DJANGO_THREADS)
+        # a2wsgi types the ASGI messages as TypedDicts; ours are plain mappings, and Django's
+        # WSGI handler returns its response object (an iterable of bytes).
+        self.django: Endpoint = WSGIMiddleware(  # type: ignore[assignment]
+            get_wsgi_application(),  # type: ignore[arg-type]
+            workers=DJANGO_THREADS,
+        )
         self.routes = _hot_routes()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -51,14 +56,21 @@ class Application:
             await self._lifespan(receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
+        from bouncer.asyncdb import close_database
+        from bouncer.endpoints import admission
         from delivery import attemptlog
+        from delivery.fairness import LagMonitor
         from delivery.relay import attach_relay
 
         await receive()  # lifespan.startup
         relay = attach_relay(asyncio.get_running_loop())
+        lag = LagMonitor(admission)
+        lag.start()
         await send({"type": "lifespan.startup.complete"})
         await receive()  # lifespan.shutdown: in-flight requests have finished
+        await lag.stop()
         await relay.aclose()
+        await close_database()
         # The delivery log rows this process still buffers.
         await asyncio.to_thread(attemptlog.stop)
         if settings.PROMETHEUS_MULTIPROC_DIR:

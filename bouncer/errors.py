@@ -100,22 +100,36 @@ def remote_realm_server_mismatch() -> BouncerError:
 
 
 def _json_bytes(body: Mapping[str, Any]) -> bytes:
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        # A lone surrogate echoed from the request (a parameter's name): escaped, the answer
+        # is still valid JSON; unescaped it could not be sent at all.
+        return json.dumps(body, separators=(",", ":")).encode()
+
+
+def error_body(error: BouncerError) -> bytes:
+    body: dict[str, Any] = {"result": "error", "msg": error.msg, "code": str(error.code)}
+    body.update(error.data)
+    return _json_bytes(body)
+
+
+def success_body(data: Mapping[str, Any] | None = None) -> bytes:
+    body: dict[str, Any] = {"result": "success", "msg": ""}
+    body.update(data or {})
+    return _json_bytes(body)
 
 
 def error_response(error: BouncerError) -> HttpResponse:
-    body: dict[str, Any] = {"result": "error", "msg": error.msg, "code": str(error.code)}
-    body.update(error.data)
-    response = HttpResponse(_json_bytes(body), status=error.status, content_type="application/json")
+    response = HttpResponse(error_body(error), status=error.status, content_type="application/json")
     for name, value in error.headers.items():
         response[name] = value
     return response
 
 
 def success_response(data: Mapping[str, Any] | None = None) -> HttpResponse:
-    body: dict[str, Any] = {"result": "success", "msg": ""}
-    body.update(data or {})
-    return HttpResponse(_json_bytes(body), status=200, content_type="application/json")
+    return HttpResponse(success_body(data), status=200, content_type="application/json")
 
 
 def is_api_path(path: str) -> bool:

@@ -52,6 +52,20 @@ SHED_REQUESTS = Counter(
     "bouncer_shed_requests_total",
     "Requests answered 503 at once because they waited too long in the queue (overload)",
 )
+DELIVERY_LOG_ROWS_DROPPED = Counter(
+    "bouncer_delivery_log_rows_dropped_total",
+    "Delivery log rows dropped because the buffer was full (database unavailable)",
+)
+ADMISSION = Counter(
+    "bouncer_admission_total",
+    "Notify requests by admission decision, per server (the busiest by name, the rest 'other')",
+    ["server", "decision"],
+)
+ADMITTED_DELIVERIES = Counter(
+    "bouncer_admitted_deliveries_total",
+    "Deliveries in admitted notify requests, per server (the busiest by name, the rest 'other')",
+    ["server"],
+)
 LEGACY_TOKENS_RETIRED = Counter(
     "bouncer_legacy_tokens_retired_total",
     "Legacy tokens removed because the device moved to E2EE or its server is gone",

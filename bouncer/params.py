@@ -122,9 +122,15 @@ def parse_form[M: Params](request: HttpRequest, model: type[M]) -> tuple[M, list
 
 def parse_json[M: Params](request: HttpRequest, model: type[M]) -> tuple[M, list[str]]:
     """The endpoint's parameters from a JSON object body, and the unknown top-level names."""
+    return parse_json_bytes(request.body, model)
+
+
+def parse_json_bytes[M: Params](raw: bytes, model: type[M]) -> tuple[M, list[str]]:
+    """`parse_json` from the raw body (the endpoints on the event loop)."""
     try:
-        body = json.loads(request.body)
-    except (ValueError, UnicodeDecodeError):
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        # RecursionError: nesting deeper than Python's stack; no payload needs that.
         raise BouncerError("Malformed JSON") from None
     if not isinstance(body, dict):
         raise BouncerError("Malformed payload")

@@ -240,6 +240,19 @@ NOTIFY_WAIT_SECONDS = env_float("NOTIFY_WAIT_SECONDS", 10.0)
 BOUNCER_MAX_QUEUE_SECONDS = env_float("BOUNCER_MAX_QUEUE_SECONDS", 5.0)
 # How long transient upstream failures are retried in the background.
 DELIVERY_RETRY_WINDOW_SECONDS = env_int("DELIVERY_RETRY_WINDOW_SECONDS", 3600)
+# Deliveries in flight to one provider per process; beyond it they wait their tenant's turn
+# (delivery/fairness.py). Apple allows ~1,000 streams per connection; the senders open up to 4.
+DELIVERY_MAX_IN_FLIGHT = env_int("DELIVERY_MAX_IN_FLIGHT", 2000)
+# Admission per web process (delivery/fairness.py): above this many deliveries in flight, or
+# while the event loop runs more than BOUNCER_MAX_LOOP_LAG_SECONDS behind, servers using more
+# than their fair share get 503 + Retry-After; a server under its share is always admitted.
+BOUNCER_MAX_IN_FLIGHT = env_int("BOUNCER_MAX_IN_FLIGHT", 1024)
+BOUNCER_MAX_LOOP_LAG_SECONDS = env_float("BOUNCER_MAX_LOOP_LAG_SECONDS", 0.025)
+# Seconds a server counts as active (sharing the capacity) after its last notify.
+BOUNCER_FAIR_SHARE_WINDOW_SECONDS = env_float("BOUNCER_FAIR_SHARE_WINDOW_SECONDS", 2.0)
+# In-process caches of servers, realms and bouncer keys: how stale they may be. A
+# deactivation, an API key change or a key retirement takes effect everywhere within this.
+BOUNCER_CACHE_SECONDS = env_float("BOUNCER_CACHE_SECONDS", 1.0)
 # How long a worker's claim on a delivery lasts before another may send it (must exceed the
 # upstream request timeout): bounds how late a delivery is when its worker dies mid-send.
 DELIVERY_CLAIM_SECONDS = env_int("DELIVERY_CLAIM_SECONDS", 60)
@@ -299,6 +312,9 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 _VISIBILITY_TIMEOUT = env_int("CELERY_VISIBILITY_TIMEOUT", 300)
+# A retry is never due later than this: past the visibility timeout the Redis transport would
+# hand the waiting task to another worker (a Retry-After longer than that waits in steps).
+CELERY_MAX_COUNTDOWN_SECONDS = max(1, _VISIBILITY_TIMEOUT - 30)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "socket_timeout": 5,
     "socket_connect_timeout": 5,

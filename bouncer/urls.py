@@ -6,7 +6,6 @@ from bouncer import health, metrics
 urlpatterns = [
     path("api/v1/remotes/", include("registrations.urls")),
     path("api/v1/remotes/", include("legacy.urls")),
-    path("api/v1/remotes/", include("delivery.urls")),
     path("admin/", admin.site.urls),
     path("health", health.health),
     path("ready", health.ready),

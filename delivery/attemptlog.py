@@ -17,16 +17,21 @@ import threading
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from django.conf import settings
 from django.db import DatabaseError, connection
 
+from bouncer import metrics
 from delivery.models import DeliveryAttempt
+from delivery.types import Batch, Delivery
 
 logger = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 0.5
 # Rows beyond this wait for the next flush; a flush never holds more in memory.
 MAX_ROWS_PER_FLUSH = 20_000
+# Rows buffered at most (PostgreSQL away): older ones are dropped and counted.
+MAX_BUFFERED_ROWS = 200_000
 
 COLUMNS = (
     "created",
@@ -77,17 +82,36 @@ class _Buffer:
     def add(self, rows: list[Row]) -> None:
         for row in rows:
             self._rows.put(row)
+        # Bounded: while PostgreSQL is away the oldest rows go first, counted.
+        excess = self._rows.qsize() - MAX_BUFFERED_ROWS
+        dropped = 0
+        while excess > 0:
+            try:
+                self._rows.get_nowait()
+            except queue.Empty:
+                break
+            excess -= 1
+            dropped += 1
+        if dropped:
+            metrics.DELIVERY_LOG_ROWS_DROPPED.inc(dropped)
 
     def _run(self) -> None:
         # A daemon thread: a process that exits without stop() loses what is buffered.
         while not self._stopping.wait(FLUSH_SECONDS):
-            self.flush()
-        self.flush()
+            self._flush_logged()
+        self._flush_logged()
         connection.close()  # this thread's own; nothing else would ever close it
 
     def stop(self) -> None:
         self._stopping.set()
         self._thread.join(timeout=30)
+
+    def _flush_logged(self) -> None:
+        # The writer outlives any error: a dead writer would let rows pile up unwritten.
+        try:
+            self.flush()
+        except Exception:
+            logger.exception("Delivery log: unexpected error writing rows; writer continues")
 
     def flush(self) -> None:
         with self._lock:
@@ -102,7 +126,7 @@ class _Buffer:
                     return
                 try:
                     write_rows(rows)
-                except DatabaseError as e:
+                except (DatabaseError, psycopg.Error) as e:
                     # PostgreSQL down or restarting: the deliveries are done and reported;
                     # only their log rows are lost. The next flush reconnects.
                     logger.error(
@@ -145,8 +169,8 @@ def stop() -> None:
 def row(
     *,
     created: datetime,
-    batch: dict[str, Any],
-    delivery: dict[str, Any],
+    batch: Batch,
+    delivery: Delivery,
     outcome: str,
     status: int | None,
     reason: str,
@@ -155,17 +179,17 @@ def row(
 ) -> Row:
     return (
         created,
-        batch["id"],
-        batch["server_id"],
-        batch.get("realm_id"),
-        delivery["device_id"],
-        batch["protocol"],
-        delivery["provider"],
-        delivery.get("app_id") or "",
+        batch.id,
+        batch.server_id,
+        batch.realm_id,
+        delivery.device_id,
+        batch.protocol,
+        delivery.provider.value,
+        delivery.app_id,
         outcome,
         status,
         reason[:128],
         upstream_id[:255],
-        batch["attempt"],
+        batch.attempt,
         round(latency * 1000),
     )

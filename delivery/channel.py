@@ -104,3 +104,18 @@ def claim_all(batch_id: str, attempt: int, indexes: list[int]) -> dict[int, Clai
         if ok:
             states[i] = "claimed"
     return states
+
+
+def mark_all_done(batch_id: str, attempt: int, indexes: list[int]) -> None:
+    """Mark deliveries done once their retry is in the broker (sync, from the task thread)."""
+    if not indexes:
+        return
+    keys = [_claim_key(batch_id, i, attempt) for i in indexes]
+    if not settings.REDIS_URL:
+        for key in keys:
+            _memory.mark_done(key)
+        return
+    pipe = _redis(settings.REDIS_URL).pipeline(transaction=False)
+    for key in keys:
+        pipe.set(key, "done", ex=DONE_TTL_SECONDS)
+    pipe.execute()

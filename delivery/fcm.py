@@ -1,7 +1,7 @@
 """The FCM HTTP v1 sender: one persistent HTTP/2 connection, OAuth from a service account.
 
-Sends go through delivery/h2client.py, a small client on the `h2` state machine (as aioapns
-is for APNs): through httpx, and then through httpcore directly, an FCM send cost several
+Sends go through delivery/h2client.py, the small client on the `h2` state machine that
+APNs uses too: through httpx, and then through httpcore directly, an FCM send cost several
 times an APNs send on the notify path, and a GOAWAY failed the streams FCM had not
 processed instead of sending them again (bench/README.md).
 
@@ -16,7 +16,6 @@ import logging
 import ssl
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,7 +27,7 @@ from django.conf import settings
 from google.oauth2 import service_account
 
 from delivery import credentials
-from delivery.h2client import ConnectionFailed, H2Client
+from delivery.h2client import ConnectionFailed, H2Client, StreamFailed
 from delivery.outcomes import (
     CONNECTION_ERROR,
     NO_CREDENTIALS,
@@ -38,6 +37,7 @@ from delivery.outcomes import (
     classify_fcm,
     is_known_fcm_code,
 )
+from delivery.types import Delivery, compact_json
 
 logger = logging.getLogger(__name__)
 
@@ -47,13 +47,6 @@ OAUTH_TIMEOUT_SECONDS = 10.0
 MAX_IN_FLIGHT = 1000
 CONFIG_LOG_INTERVAL_SECONDS = 60.0
 FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
-
-
-@dataclass(frozen=True)
-class FcmMessage:
-    token: str
-    data: dict[str, str]
-    priority: str
 
 
 def client_ssl_context() -> ssl.SSLContext:
@@ -139,6 +132,8 @@ def _error_code(content: bytes) -> str | None:
 
 
 class FcmSender:
+    provider = "fcm"
+
     def __init__(self, *, request_timeout: float = REQUEST_TIMEOUT_SECONDS) -> None:
         self.request_timeout = request_timeout
         self._credentials: service_account.Credentials | None = None
@@ -216,7 +211,7 @@ class FcmSender:
             self._auth_client = None
         self._credentials = None
 
-    async def send(self, message: FcmMessage) -> SendResult:
+    async def send(self, delivery: Delivery) -> SendResult:
         started = time.monotonic()
         creds = await self._load()
         if isinstance(creds, str):
@@ -249,13 +244,12 @@ class FcmSender:
         assert self._client is not None
         assert self._in_flight is not None
         path = f"{self._path_prefix}/v1/projects/{self._project_id}/messages:send"
-        body = {
-            "message": {
-                "token": message.token,
-                "android": {"priority": message.priority},
-                "data": message.data,
-            }
-        }
+        # The data object is already JSON text (shared by every device of a request).
+        body = (
+            f'{{"message":{{"token":{compact_json(delivery.token)},'
+            f'"android":{{"priority":{compact_json(delivery.priority or "high")}}},'
+            f'"data":{delivery.payload}}}}}'
+        )
         headers = [
             (b"authorization", f"Bearer {token}".encode()),
             (b"content-type", b"application/json"),
@@ -263,9 +257,12 @@ class FcmSender:
         async with self._in_flight:
             try:
                 async with asyncio.timeout(self.request_timeout):
-                    response = await self._client.post(path, headers, json.dumps(body).encode())
+                    response = await self._client.post(path, headers, body.encode())
             except TimeoutError:
                 return result(Verdict.RETRY, None, TIMEOUT)
+            except StreamFailed as e:
+                logger.warning("FCM: stream refused locally: %s", e)
+                return result(Verdict.REJECTED, None, "LocalProtocolError")
             except (ConnectionFailed, OSError, ssl.SSLError) as e:
                 logger.warning("FCM: %s: %s", type(e).__name__, e)
                 return result(Verdict.RETRY, None, CONNECTION_ERROR)

@@ -1,13 +1,17 @@
-"""A small asyncio HTTP/2 client for FCM, on the `h2` state machine (as aioapns is for APNs).
+"""A small asyncio HTTP/2 client for APNs and FCM, on the `h2` state machine.
 
-Why not httpx or httpcore: on the notify path every FCM send cost ~3x an APNs send through
-them (anyio streams, per-request locks and event queues; bench/README.md), and a GOAWAY
-failed the streams the server never processed instead of sending them again. This client
-does only what FCM needs: POST with a body, over TLS with ALPN "h2", several streams per
-connection, up to `max_connections` connections, flow control both ways, and a request
-whose connection broke before its answer (GOAWAY, REFUSED_STREAM, a reset connection) sent
-once more on another connection. Timeouts are the caller's (asyncio.timeout around `post`);
-a cancelled request resets its stream.
+Why not httpx or httpcore: on the notify path every send cost ~3x more through them (anyio
+streams, per-request locks and event queues; bench/README.md), and a GOAWAY failed the
+streams the server never processed instead of sending them again. aioapns (used for APNs
+before) took any h2 error for a dead connection and left it in its pool, busy for good: a few
+oversized payloads stopped every APNs send of the process. This client does only what the
+senders need: POST with a body, over TLS with ALPN "h2", as many streams per connection as
+the server's SETTINGS allow, up to `max_connections` connections, flow control both ways
+(bodies framed to the peer's frame size), and a request whose connection broke before its
+answer (GOAWAY, REFUSED_STREAM, a reset connection) sent once more on another connection.
+An error about one stream ends that stream; a connection whose state is broken is closed at
+once. Timeouts are the caller's (asyncio.timeout around `post`); a cancelled request resets
+its stream.
 """
 
 import asyncio
@@ -16,7 +20,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from h2.config import H2Configuration
-from h2.connection import H2Connection
+from h2.connection import ConnectionState, H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -32,6 +36,11 @@ from h2.exceptions import H2Error
 
 class ConnectionFailed(Exception):
     """The connection (or the stream) ended before the request's answer came."""
+
+
+class StreamFailed(Exception):
+    """h2 refused to send this request (a frame or header it cannot encode): the request is
+    at fault, not the connection, which stays in use. Not sent again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,13 +169,25 @@ class _Connection(asyncio.Protocol):
                 except H2Error:
                     pass
             raise
-        except (H2Error, ConnectionFailed) as e:  # closed under us while sending the body
+        except ConnectionFailed:  # closed under us while sending the body
             self.streams.pop(stream_id, None)
             if stream.future.done() and not stream.future.cancelled():
-                stream.future.exception()  # failed with the connection; reported below
-            if isinstance(e, ConnectionFailed):
-                raise
-            raise ConnectionFailed(str(e)) from e
+                stream.future.exception()  # failed with the connection; reported by the raise
+            raise
+        except H2Error as e:
+            self.streams.pop(stream_id, None)
+            if stream.future.done() and not stream.future.cancelled():
+                stream.future.exception()
+            if self.closed or self.h2.state_machine.state is ConnectionState.CLOSED:
+                # The connection itself is broken: closed now, so no request waits on it.
+                self.close()
+                raise ConnectionFailed(str(e)) from e
+            try:
+                self.h2.reset_stream(stream_id, ErrorCodes.INTERNAL_ERROR)
+                self._flush()
+            except H2Error:
+                self.close()  # cannot even end the stream: the connection goes
+            raise StreamFailed(f"{type(e).__name__}: {e}") from e
 
     async def _send_body(self, stream_id: int, body: bytes) -> None:
         view = memoryview(body)

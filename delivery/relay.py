@@ -1,10 +1,14 @@
 """One asyncio event loop per process, holding the persistent HTTP/2 connections.
 
-Web processes (gunicorn threads, a notify request's first attempt) and Celery workers
-(`--pool threads`, retries) hand their deliveries to this loop and wait. Everything the
-process sends shares the loop, so deliveries go out concurrently over the same connections
-and a request waiting on Apple does not hold a core: throughput is bounded by the upstreams'
+In the web server (`manage.py serve`) that loop is the server's own: the notify endpoints
+await `send` directly, and Django's threads hand over through `send_all`. Celery workers
+(`--pool threads`, retries), management commands and tests run the loop in a thread of the
+relay's own. Everything the process sends shares the loop, so deliveries go out
+concurrently over the same connections and throughput is bounded by the upstreams'
 concurrency, not by threads / round trip.
+
+Before a delivery is sent its payload is checked against the provider's limit; then it waits
+its tenant's turn for room on the provider (fairness.FairGate), then its sender sends it.
 """
 
 import asyncio
@@ -14,12 +18,17 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any
+from typing import Any, Protocol
 
-from delivery.apns import ApnsMessage, ApnsSender
+from django.conf import settings
+
+from delivery import limits
+from delivery.apns import ApnsSender
 from delivery.channel import WorkerChannel
-from delivery.fcm import FcmMessage, FcmSender
+from delivery.fairness import FairGate
+from delivery.fcm import FcmSender
 from delivery.outcomes import TIMEOUT, SendResult, Verdict
+from delivery.types import Delivery, Provider
 
 logger = logging.getLogger(__name__)
 
@@ -27,43 +36,35 @@ logger = logging.getLogger(__name__)
 # not hold a worker thread forever.
 BATCH_TIMEOUT_SECONDS = 120
 
-OnResult = Callable[[dict[str, Any], SendResult], Awaitable[None]]
+OnResult = Callable[[Delivery, SendResult], Awaitable[None]]
+
+
+class Sender(Protocol):
+    """One provider's client: sends one delivery, classifies the answer. Built once per
+    process, inside the loop it sends from."""
+
+    provider: str
+
+    async def send(self, delivery: Delivery) -> SendResult: ...
+
+    async def close(self) -> None: ...
 
 
 def _retry(reason: str, started: float) -> SendResult:
     return SendResult.unanswered(Verdict.RETRY, reason, latency=time.monotonic() - started)
 
 
-def _message(delivery: dict[str, Any]) -> ApnsMessage | FcmMessage:
-    if delivery["provider"] == "apns":
-        apns = delivery["apns"]
-        return ApnsMessage(
-            token=delivery["token"],
-            app_id=delivery["app_id"],
-            payload=apns["payload"],
-            priority=apns.get("priority"),
-            push_type=apns.get("push_type"),
-            expiration=apns.get("expiration"),
-        )
-    fcm = delivery["fcm"]
-    return FcmMessage(token=delivery["token"], data=fcm["data"], priority=fcm["priority"])
-
-
 class Relay:
-    """The senders of this process, on one event loop.
-
-    In the web server (`manage.py serve`) that loop is the server's own: the notify endpoints
-    await the senders directly, and Django's threads hand over through `send_all`. Elsewhere
-    (Celery workers, management commands, tests) the relay runs a loop in a thread of its own.
-    """
+    """The senders of this process, on one event loop."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.pid = os.getpid()
         # One Redis connection pool for the claims of every retry batch of this process.
         self.channel = WorkerChannel()
+        self._thread: threading.Thread | None = None
         if loop is not None:
             self.loop = loop
-            self._apns, self._fcm = ApnsSender(), FcmSender()
+            self._build()
             return
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -71,66 +72,90 @@ class Relay:
         )
         self._thread.start()
         # Senders are built inside the loop: their HTTP/2 clients belong to it.
-        self._apns, self._fcm = asyncio.run_coroutine_threadsafe(self._build(), self.loop).result(
-            timeout=30
-        )
+        asyncio.run_coroutine_threadsafe(self._abuild(), self.loop).result(timeout=30)
 
-    async def _build(self) -> tuple[ApnsSender, FcmSender]:
-        return ApnsSender(), FcmSender()
+    async def _abuild(self) -> None:
+        self._build()
+
+    def _build(self) -> None:
+        self.senders: dict[str, Sender] = {
+            Provider.APNS: ApnsSender(),
+            Provider.FCM: FcmSender(),
+        }
+        self.gates = {
+            provider: FairGate(settings.DELIVERY_MAX_IN_FLIGHT) for provider in self.senders
+        }
 
     async def aclose(self) -> None:
-        await self._apns.close()
-        await self._fcm.close()
+        for sender in self.senders.values():
+            await sender.close()
 
-    async def _send_one(self, delivery: dict[str, Any], on_result: OnResult | None) -> SendResult:
-        message = _message(delivery)
+    async def send(self, delivery: Delivery, tenant: str) -> SendResult:
+        """One delivery: checked against its provider's limit, sent in its tenant's turn."""
+        if limits.too_large(delivery):
+            return SendResult.unanswered(Verdict.REJECTED, limits.PAYLOAD_TOO_LARGE, latency=0.0)
         started = time.monotonic()
+        gate = self.gates[delivery.provider]
+        await gate.acquire(tenant)
         try:
-            if isinstance(message, ApnsMessage):
-                result = await self._apns.send(message)
-            else:
-                result = await self._fcm.send(message)
-        except Exception as e:  # one broken delivery must not sink its batch; logged below
+            return await self.senders[delivery.provider].send(delivery)
+        except Exception as e:  # one broken delivery must not sink its batch; logged here
             logger.exception(
                 "%s: unexpected error sending to device %s",
-                delivery["provider"].upper(),
-                delivery["device_id"],
+                delivery.provider.upper(),
+                delivery.device_id,
             )
-            result = _retry(type(e).__name__, started)
+            return _retry(type(e).__name__, started)
+        finally:
+            gate.release()
+
+    async def _send_one(
+        self, delivery: Delivery, tenant: str, on_result: OnResult | None
+    ) -> SendResult:
+        result = await self.send(delivery, tenant)
         if on_result is not None:
             await on_result(delivery, result)
         return result
 
-    async def _send_all(
-        self, deliveries: list[dict[str, Any]], on_result: OnResult | None, wait: float | None
-    ) -> list[SendResult]:
-        started = time.monotonic()
-        sends = [asyncio.ensure_future(self._send_one(d, on_result)) for d in deliveries]
-        if wait is None:
-            return list(await asyncio.gather(*sends))
-        _, pending = await asyncio.wait(sends, timeout=wait)
-        for send in pending:
-            send.cancel()
-        if pending:
-            await asyncio.wait(pending)  # let the cancellations unwind (semaphores, streams)
-        # Not answered in time: a timeout like any other, retried in the background. Apple or
-        # Google may still have received it; a retry after a timeout is at-least-once.
-        return [_retry(TIMEOUT, started) if send.cancelled() else send.result() for send in sends]
-
-    def send_all(
+    async def send_many(
         self,
-        deliveries: list[dict[str, Any]],
+        deliveries: list[Delivery],
+        tenant: str,
         *,
         on_result: OnResult | None = None,
         wait: float | None = None,
     ) -> list[SendResult]:
         """Send every delivery concurrently and return their results, in order.
 
-        `on_result` runs in the loop as each one ends. With `wait`, what is unanswered after
-        that many seconds is cancelled and comes back as a timeout (verdict retry).
+        `on_result` runs as each one ends. With `wait`, what is unanswered after that many
+        seconds is cancelled and comes back as a timeout (verdict retry).
         """
+        if len(deliveries) == 1 and wait is None:
+            return [await self._send_one(deliveries[0], tenant, on_result)]
+        started = time.monotonic()
+        sends = [asyncio.ensure_future(self._send_one(d, tenant, on_result)) for d in deliveries]
+        if wait is None:
+            return list(await asyncio.gather(*sends))
+        _, pending = await asyncio.wait(sends, timeout=wait)
+        for send in pending:
+            send.cancel()
+        if pending:
+            await asyncio.wait(pending)  # let the cancellations unwind (gates, streams)
+        # Not answered in time: a timeout like any other, retried in the background. Apple or
+        # Google may still have received it; a retry after a timeout is at-least-once.
+        return [_retry(TIMEOUT, started) if send.cancelled() else send.result() for send in sends]
+
+    def send_all(
+        self,
+        deliveries: list[Delivery],
+        tenant: str,
+        *,
+        on_result: OnResult | None = None,
+        wait: float | None = None,
+    ) -> list[SendResult]:
+        """`send_many` from a thread other than the loop's (workers, Django views)."""
         future = asyncio.run_coroutine_threadsafe(
-            self._send_all(deliveries, on_result, wait), self.loop
+            self.send_many(deliveries, tenant, on_result=on_result, wait=wait), self.loop
         )
         try:
             return future.result(timeout=BATCH_TIMEOUT_SECONDS)

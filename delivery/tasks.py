@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 def deliver_batch(batch: dict[str, Any]) -> None:
     if not settings.CELERY_TASK_ALWAYS_EAGER:
         _drop_failed_connections()
-    batches.process_batch(batch=batch, schedule=schedule_batch)
+    batches.process_batch(batch_json=batch, schedule=schedule_batch)
 
 
 def _drop_failed_connections() -> None:

@@ -6,6 +6,7 @@ be reached the limit is not applied: refusing every server's notifications becau
 counter is unavailable would be worse than letting a burst through.
 """
 
+import asyncio
 import logging
 import math
 import threading
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from functools import cache
 
 import redis
+import redis.asyncio
 from django.conf import settings
 
 from bouncer.errors import BouncerError, ErrorCode
@@ -75,13 +77,55 @@ def hit(subject: str, *, limit: tuple[int, int] | None = None) -> Verdict:
     return Verdict(allowed=True, retry_after=0)
 
 
+_async_clients: dict[tuple[str, int], redis.asyncio.Redis] = {}
+
+
+def _async_client(url: str) -> redis.asyncio.Redis:
+    # One per event loop: an asyncio client's connections belong to the loop that made them.
+    key = (url, id(asyncio.get_running_loop()))
+    client = _async_clients.get(key)
+    if client is None:
+        client = _async_clients[key] = redis.asyncio.Redis.from_url(
+            url, socket_timeout=1, socket_connect_timeout=1
+        )
+    return client
+
+
+async def hit_async(subject: str, *, limit: tuple[int, int] | None = None) -> Verdict:
+    """`hit` for the event loop (one pipelined round trip to Redis)."""
+    if not settings.REDIS_URL:
+        return hit(subject, limit=limit)
+    max_requests, seconds = limit or settings.BOUNCER_RATE_LIMIT
+    now = time.time()
+    window = int(now // seconds)
+    key = f"bouncer:ratelimit:{subject}:{seconds}:{window}"
+    try:
+        pipe = _async_client(settings.REDIS_URL).pipeline(transaction=False)
+        pipe.incr(key)
+        pipe.expire(key, seconds + 1)
+        count = int((await pipe.execute())[0])
+    except (redis.RedisError, OSError) as e:
+        logger.warning("Rate limit not applied: Redis unavailable (%s)", e)
+        return Verdict(allowed=True, retry_after=0)
+    if count > max_requests:
+        return Verdict(allowed=False, retry_after=(window + 1) * seconds - now)
+    return Verdict(allowed=True, retry_after=0)
+
+
+async def enforce_async(subject: str, *, limit: tuple[int, int] | None = None) -> None:
+    _raise_if_over(await hit_async(subject, limit=limit))
+
+
 def retry_after_header(seconds: float) -> str:
     return str(max(1, math.ceil(seconds)))
 
 
 def enforce(subject: str, *, limit: tuple[int, int] | None = None) -> None:
     """Count a request; over the limit, Zulip's 429 RATE_LIMIT_HIT with Retry-After."""
-    verdict = hit(subject, limit=limit)
+    _raise_if_over(hit(subject, limit=limit))
+
+
+def _raise_if_over(verdict: Verdict) -> None:
     if not verdict.allowed:
         raise BouncerError(
             "API usage exceeded rate limit",

@@ -7,11 +7,15 @@ import pytest
 from delivery.models import DeliveryAttempt
 from registrations import sealing
 from registrations.models import RemotePushDevice, RemoteRealm
-from tests.conftest import ZulipServer, make_server
+from tests.conftest import ZulipServer, call_endpoint, make_server
 from tests.fakes.apns import Answer, FakeApns
 from tests.fakes.fcm import FakeFcm, FcmAnswer
 
-pytestmark = pytest.mark.usefixtures("in_process_delivery", "upstreams")
+pytestmark = [
+    pytest.mark.usefixtures("in_process_delivery", "upstreams"),
+    # The notify endpoints read through their own connections: test data must be committed.
+    pytest.mark.django_db(transaction=True),
+]
 
 APNS_TOKEN = "c0ffee" * 10 + "abcd"
 FCM_TOKEN = "fcm-" + "b" * 150
@@ -212,11 +216,8 @@ def test_malformed_requests_are_400_in_the_envelope(zulip_server: ZulipServer, b
 
 
 def test_a_body_that_is_not_json_is_a_400(zulip_server: ZulipServer) -> None:
-    response = zulip_server.client.post(
-        "/api/v1/remotes/push/e2ee/notify",
-        data=b"\xff\xfe{",
-        content_type="application/json",
-        HTTP_AUTHORIZATION=zulip_server.auth,
+    response = call_endpoint(
+        "POST", "/api/v1/remotes/push/e2ee/notify", b"\xff\xfe{", auth=zulip_server.auth
     )
     assert response.status_code == 400
     assert response.json()["msg"] == "Malformed JSON"

@@ -12,7 +12,11 @@ from tests.conftest import ZulipServer, make_server
 from tests.fakes.apns import Answer, FakeApns
 from tests.fakes.fcm import FakeFcm, FcmAnswer
 
-pytestmark = pytest.mark.usefixtures("in_process_delivery", "upstreams")
+pytestmark = [
+    pytest.mark.usefixtures("in_process_delivery", "upstreams"),
+    # The notify endpoints read through their own connections: test data must be committed.
+    pytest.mark.django_db(transaction=True),
+]
 
 USER_UUID = "1e8f2d5a-7bd1-4bb1-9a33-0a4f8e3c2a11"
 APNS_TOKEN = "c0ffee" * 10 + "abcd"

@@ -2,9 +2,14 @@
 
 from typing import Any
 
+import pytest
+
 from registrations.models import RemoteRealm
 from tests.conftest import ZulipServer, e2ee_register
 from tests.legacy.test_retirement import APNS, USER_UUID, e2ee_row, legacy
+
+# The notify endpoints read through their own connections: test data must be committed.
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def test_the_loop_closes_through_deleted_devices_even_without_an_unregister(

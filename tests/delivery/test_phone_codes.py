@@ -17,7 +17,11 @@ from tests.zulip_server_side import (
     e2ee_test_notification_result,
 )
 
-pytestmark = pytest.mark.usefixtures("in_process_delivery", "upstreams")
+pytestmark = [
+    pytest.mark.usefixtures("in_process_delivery", "upstreams"),
+    # The notify endpoints read through their own connections: test data must be committed.
+    pytest.mark.django_db(transaction=True),
+]
 TOKEN = "c0ffee" * 10 + "abcd"
 TOKEN_ID = sealing.token_id_b64(sealing.token_id_int(TOKEN))
 

@@ -19,7 +19,11 @@ from legacy.models import RemotePushDeviceToken
 from registrations.models import RemotePushDevice, RemoteRealm
 from tests.conftest import ZulipServer, add_e2ee_devices, e2ee_notify, e2ee_register
 
-pytestmark = pytest.mark.usefixtures("in_process_delivery", "upstreams")
+pytestmark = [
+    pytest.mark.usefixtures("in_process_delivery", "upstreams"),
+    # The notify endpoints read through their own connections: test data must be committed.
+    pytest.mark.django_db(transaction=True),
+]
 
 OTHERS = 3000
 # A request reads its own rows (a user's tokens, a notify's devices) and little else.

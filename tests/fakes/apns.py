@@ -23,6 +23,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tests.fakes.h2server import H2Server, Request, Response, write_count
 
 TOKEN_MAX_AGE_SECONDS = 3600
+# Apple's payload limits, enforced as Apple does (413 PayloadTooLarge).
+MAX_PAYLOAD_BYTES = 4096
+MAX_VOIP_PAYLOAD_BYTES = 5120
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,14 @@ class FakeApns(H2Server):
             answer = Answer(400, "MissingTopic")
         if answer is None and self.topics is not None and headers["apns-topic"] not in self.topics:
             answer = Answer(400, "TopicDisallowed")
+        if answer is None:
+            limit = (
+                MAX_VOIP_PAYLOAD_BYTES
+                if headers.get("apns-push-type") == "voip"
+                else (MAX_PAYLOAD_BYTES)
+            )
+            if len(request.body) > limit:
+                answer = Answer(413, "PayloadTooLarge")
         if answer is None:
             answer = self._next_answer(token)
         if answer.hang:

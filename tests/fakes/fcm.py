@@ -42,6 +42,10 @@ ERRORS = {
 }
 
 
+# Google's limit on a message's data, keys and values counted.
+MAX_DATA_BYTES = 4096
+
+
 @dataclass(frozen=True)
 class FcmAnswer:
     error: str | None = None  # an errorCode of ERRORS; None = success
@@ -167,6 +171,13 @@ class FakeFcm(H2Server):
         try:
             message = json.loads(request.body)["message"]
         except (ValueError, KeyError, TypeError):
+            return _error("INVALID_ARGUMENT", 400, "INVALID_ARGUMENT")
+        data = message.get("data") or {}
+        if (
+            not isinstance(data, dict)
+            or sum(len(str(k).encode()) + len(str(v).encode()) for k, v in data.items())
+            > MAX_DATA_BYTES
+        ):
             return _error("INVALID_ARGUMENT", 400, "INVALID_ARGUMENT")
         with self.lock:
             self.messages.append(message)

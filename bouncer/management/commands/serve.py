@@ -7,7 +7,7 @@ stops accepting, lets in-flight requests finish (up to GRACEFUL_SECONDS), then e
 """
 
 import os
-from typing import Any, ClassVar
+from typing import Any
 
 import uvicorn
 from django.conf import settings
@@ -28,7 +28,6 @@ def parse_bind(bind: str) -> tuple[str, int]:
 
 class Command(BaseCommand):
     help = "Serve the bouncer with its production web server (uvicorn, one process per core)."
-    requires_system_checks: ClassVar[list[str]] = []  # the web unit runs `manage.py check` before
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--bind", default=os.environ.get("BOUNCER_BIND", "127.0.0.1:8000"))

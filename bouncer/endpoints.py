@@ -1,0 +1,191 @@
+"""The notify endpoints on the event loop (bouncer/asgi.py routes their paths here).
+
+Each request is read, authorised (servers cached in-process), parsed with the same models and
+rules as every other endpoint (bouncer/params.py), admitted or shed (delivery/fairness.py),
+handed to its protocol app, and answered in Zulip's envelope (bouncer/errors.py), all on
+the process's one event loop. Errors map as Django's middleware maps them for the rest.
+"""
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import psycopg
+import psycopg_pool
+from django.conf import settings
+from django.db import InterfaceError, OperationalError
+
+from bouncer import metrics
+from bouncer.asgi_io import BodyTooLarge, Endpoint, Receive, Scope, Send, header, read_body, respond
+from bouncer.errors import (
+    TEMPORARILY_UNAVAILABLE,
+    BouncerError,
+    ErrorCode,
+    error_body,
+    service_unavailable,
+    success_body,
+)
+from bouncer.overload import RETRY_AFTER_SECONDS, queued_seconds
+from bouncer.params import Params, parse_json_bytes, with_ignored
+from delivery.fairness import Admission
+from delivery.payloads import E2EENotifyParams, LegacyNotifyParams, TestNotificationParams
+from legacy import notify as legacy_notify
+from registrations import notify as e2ee_notify
+from registrations.auth import authenticate_server_async
+from registrations.lookups import ServerInfo
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "/api/v1/remotes/"
+OVERLOADED = "Push notification service overloaded, retry later"
+
+admission = Admission(
+    capacity=settings.BOUNCER_MAX_IN_FLIGHT,
+    lag_limit=settings.BOUNCER_MAX_LOOP_LAG_SECONDS,
+    active_seconds=settings.BOUNCER_FAIR_SHARE_WINDOW_SECONDS,
+)
+
+
+class _ServerLabels:
+    """Per-server metric labels, bounded: the busiest servers by name, the rest 'other'."""
+
+    TOP = 20
+    RECOMPUTE_EVERY = 1000
+
+    def __init__(self) -> None:
+        self._volume: Counter[str] = Counter()
+        self._top: set[str] = set()
+        self._seen = 0
+
+    def label(self, tenant: str, devices: int) -> str:
+        self._volume[tenant] += devices
+        self._seen += 1
+        if self._seen % self.RECOMPUTE_EVERY == 1 or (len(self._top) < self.TOP):
+            self._top = {t for t, _ in self._volume.most_common(self.TOP)}
+            if len(self._volume) > 100 * self.TOP:
+                self._volume = Counter(dict(self._volume.most_common(self.TOP * 10)))
+        return tenant if tenant in self._top else "other"
+
+
+_labels = _ServerLabels()
+
+
+def _admit(tenant: str, devices: int) -> None:
+    decision = admission.admit(tenant, devices)
+    label = _labels.label(tenant, devices)
+    if not decision.admitted:
+        metrics.ADMISSION.labels(server=label, decision="shed").inc()
+        logger.warning(
+            "Overloaded: server %s has %d deliveries in flight (fair share %.0f); "
+            "answered 503 to a notify of %d",
+            tenant,
+            decision.in_flight,
+            decision.share,
+            devices,
+        )
+        raise service_unavailable(OVERLOADED, retry_after=RETRY_AFTER_SECONDS)
+    metrics.ADMISSION.labels(server=label, decision="admitted").inc()
+    metrics.ADMITTED_DELIVERIES.labels(server=label).inc(devices)
+
+
+def _json_endpoint[M: Params](
+    name: str,
+    model: type[M],
+    handler: Callable[[ServerInfo, M], Awaitable[dict[str, Any] | None]],
+    devices: Callable[[M], int],
+) -> Endpoint:
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        headers: dict[str, str] = {}
+        close = False
+        try:
+            if scope["method"] != "POST":
+                raise BouncerError(
+                    "Method Not Allowed",
+                    code=ErrorCode.METHOD_NOT_ALLOWED,
+                    status=405,
+                    headers={"Allow": "POST"},
+                )
+            _shed_if_queued_too_long(scope)
+            raw = await read_body(receive, limit=settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
+            auth = header(scope, b"authorization")
+            server = await authenticate_server_async(auth.decode("latin-1") if auth else None)
+            params, ignored = parse_json_bytes(raw, model)
+            tenant, count = str(server.id), max(1, devices(params))
+            _admit(tenant, count)
+            try:
+                data = await handler(server, params)
+            finally:
+                admission.done(tenant, count)
+            status, body = 200, success_body(with_ignored(data or {}, ignored))
+        except BouncerError as e:
+            status, body, headers = e.status, error_body(e), e.headers
+        except BodyTooLarge:
+            error = BouncerError(
+                "Request body too large", code=ErrorCode.REQUEST_TOO_LARGE, status=413
+            )
+            status, body, close = 413, error_body(error), True
+        except (
+            OperationalError,
+            InterfaceError,
+            psycopg.OperationalError,
+            psycopg.InterfaceError,
+            psycopg_pool.PoolTimeout,
+        ) as e:
+            # PostgreSQL unreachable or restarting: nothing was sent (the look-ups come
+            # first). The Zulip server retries.
+            logger.error("Database unavailable on %s: %s", scope["path"], e)
+            error = service_unavailable(TEMPORARILY_UNAVAILABLE, retry_after=10)
+            status, body, headers = 503, error_body(error), error.headers
+        except Exception:
+            logger.exception("Unhandled error on %s %s", scope["method"], scope["path"])
+            error = BouncerError(
+                "Internal server error", code=ErrorCode.INTERNAL_SERVER_ERROR, status=500
+            )
+            status, body = 500, error_body(error)
+        await respond(send, status, body, headers=headers.items(), close=close)
+        metrics.REQUESTS.labels(endpoint=name, status=str(status)).inc()
+        metrics.REQUEST_SECONDS.labels(endpoint=name).observe(time.perf_counter() - started)
+
+    return endpoint
+
+
+def _shed_if_queued_too_long(scope: Scope) -> None:
+    """The proxy's X-Request-Start stamp, as bouncer/overload.py reads it for Django."""
+    stamp = header(scope, b"x-request-start")
+    limit = settings.BOUNCER_MAX_QUEUE_SECONDS
+    if stamp and limit > 0:
+        waited = queued_seconds(stamp.decode("latin-1"), now=time.time())
+        if waited is not None and waited > limit:
+            metrics.SHED_REQUESTS.inc()
+            raise service_unavailable(OVERLOADED, retry_after=RETRY_AFTER_SECONDS)
+
+
+async def _e2ee(server: ServerInfo, params: E2EENotifyParams) -> dict[str, Any]:
+    return await e2ee_notify.notify(server=server, params=params)
+
+
+async def _legacy(server: ServerInfo, params: LegacyNotifyParams) -> dict[str, Any]:
+    return await legacy_notify.notify(server=server, params=params)
+
+
+async def _test(server: ServerInfo, params: TestNotificationParams) -> None:
+    await legacy_notify.send_test_notification(server=server, params=params)
+
+
+ROUTES: dict[str, Endpoint] = {
+    PREFIX + "push/e2ee/notify": _json_endpoint(
+        "push/e2ee/notify", E2EENotifyParams, _e2ee, lambda p: len(p.push_requests)
+    ),
+    PREFIX + "push/notify": _json_endpoint(
+        "push/notify",
+        LegacyNotifyParams,
+        _legacy,
+        lambda p: len(p.android_devices) + len(p.apple_devices),
+    ),
+    PREFIX + "push/test_notification": _json_endpoint(
+        "push/test_notification", TestNotificationParams, _test, lambda p: 1
+    ),
+}

@@ -1,0 +1,143 @@
+"""What travels through the engine: typed deliveries and batches (pure: no I/O).
+
+A protocol app (Zulip E2EE, Zulip legacy; Matrix next) turns its requests into `Delivery`
+values; the engine sends them, one `Sender` per provider, and settles the outcomes. A batch
+crosses the broker as JSON (`to_json` / `from_json`), so every field is a JSON primitive.
+"""
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from enum import StrEnum
+from typing import Any, Self
+
+
+class Provider(StrEnum):
+    APNS = "apns"
+    FCM = "fcm"
+
+
+def compact_json(value: Any) -> str:
+    # As Zulip (orjson) and aioapns send it: no spaces, UTF-8 rather than \u escapes.
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One notification to one device token.
+
+    `payload` is JSON text: the whole APNs body, or FCM's `data` object (string values).
+    `size` is what the provider's limit counts (APNs: the body's bytes; FCM: the data's keys
+    and values), measured once when the delivery is made.
+    """
+
+    index: int  # position in its request, to map outcomes back
+    provider: Provider
+    device_id: int
+    token: str
+    app_id: str
+    payload: str
+    size: int
+    priority: str | None = None  # APNs "10" / "5" / "1"; FCM "high" / "normal"
+    push_type: str | None = None  # APNs apns-push-type
+    expiration: int | None = None  # APNs apns-expiration (epoch seconds)
+
+    @classmethod
+    def apns(
+        cls,
+        *,
+        index: int,
+        device_id: int,
+        token: str,
+        app_id: str,
+        body: dict[str, Any] | str,
+        priority: int | None,
+        push_type: str | None,
+        expiration: int | None,
+    ) -> Self:
+        text = body if isinstance(body, str) else compact_json(body)
+        return cls(
+            index=index,
+            provider=Provider.APNS,
+            device_id=device_id,
+            token=token,
+            app_id=app_id,
+            payload=text,
+            size=utf8_size(text),
+            priority=None if priority is None else str(priority),
+            push_type=push_type,
+            expiration=expiration,
+        )
+
+    @classmethod
+    def fcm(
+        cls,
+        *,
+        index: int,
+        device_id: int,
+        token: str,
+        data: dict[str, str],
+        data_json: str | None = None,
+        data_size: int | None = None,
+        priority: str,
+    ) -> Self:
+        """`data_json` and `data_size` may be given when many devices share the same data."""
+        return cls(
+            index=index,
+            provider=Provider.FCM,
+            device_id=device_id,
+            token=token,
+            app_id="",
+            payload=data_json if data_json is not None else compact_json(data),
+            size=data_size if data_size is not None else fcm_data_size(data),
+            priority=priority,
+        )
+
+
+def utf8_size(text: str) -> int:
+    """Bytes on the wire; a lone surrogate (never valid UTF-8) counts as unsendable."""
+    try:
+        return len(text.encode())
+    except UnicodeEncodeError:
+        return UNSENDABLE
+
+
+def fcm_data_size(data: dict[str, str]) -> int:
+    # FCM counts the keys and values of `data` against its 4 KB limit.
+    return sum(utf8_size(k) + utf8_size(v) for k, v in data.items())
+
+
+# A size no limit admits: the payload cannot be encoded at all.
+UNSENDABLE = 1 << 62
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Deliveries of one request (or their retries) for one tenant.
+
+    `tenant` is opaque to the engine: the fairness key (the Zulip server's id as text).
+    `protocol` names the app that settles dead tokens ("e2ee", "legacy").
+    """
+
+    id: str
+    attempt: int
+    tenant: str
+    server_id: int
+    realm_id: int | None
+    protocol: str
+    give_up_at: float
+    deliveries: list[Delivery] = field(default_factory=list)
+
+    def with_deliveries(self, deliveries: list[Delivery], *, attempt: int | None = None) -> Self:
+        return replace(
+            self, deliveries=deliveries, attempt=self.attempt if attempt is None else attempt
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Self:
+        deliveries = [
+            Delivery(**{**d, "provider": Provider(d["provider"])}) for d in data["deliveries"]
+        ]
+        return cls(**{**data, "deliveries": deliveries})

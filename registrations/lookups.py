@@ -1,0 +1,182 @@
+"""Servers and realms for the notify path, cached in-process for BOUNCER_CACHE_SECONDS.
+
+Every notify starts with its server (authentication) and its realm. Read from PostgreSQL each
+time, they were two of the request's three round trips; cached, a busy server costs one
+look-up a second. Staleness is bounded, not invalidated: a deactivation or an API-key change
+made anywhere (admin, command, another process) takes effect in every process within
+BOUNCER_CACHE_SECONDS, and a server or realm unknown to the cache is always read.
+"""
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.conf import settings
+from django.db import connection
+from django.utils import timezone
+
+from bouncer.asyncdb import database
+from bouncer.errors import BouncerError, missing_remote_realm, remote_realm_server_mismatch
+from registrations.models import RemoteRealm, RemoteZulipServer, api_key_matches
+from registrations.realms import LAST_REQUEST_RESOLUTION
+
+logger = logging.getLogger(__name__)
+
+_SERVER_TABLE = RemoteZulipServer._meta.db_table
+_REALM_TABLE = RemoteRealm._meta.db_table
+
+
+@dataclass(frozen=True, slots=True)
+class ServerInfo:
+    id: int
+    uuid: uuid.UUID
+    api_key_hash: str
+    deactivated: bool
+
+    def key_matches(self, api_key: str) -> bool:
+        return _key_matches(self.api_key_hash, api_key)
+
+
+@dataclass(frozen=True, slots=True)
+class RealmInfo:
+    id: int
+    uuid: uuid.UUID
+    server_id: int
+
+
+_verified: dict[tuple[str, str], bool] = {}
+
+
+def _key_matches(stored_hash: str, api_key: str) -> bool:
+    # A salted hash per request is most of authentication's CPU; the answer for a given
+    # (hash, key) pair never changes.
+    known = _verified.get((stored_hash, api_key))
+    if known is None:
+        if len(_verified) > 10_000:
+            _verified.clear()
+        known = _verified[(stored_hash, api_key)] = api_key_matches(api_key, stored_hash)
+    return known
+
+
+def _uuid_param(value: uuid.UUID) -> object:
+    # PostgreSQL takes the UUID itself; SQLite stores Django's 32-character hex.
+    return value if connection.vendor == "postgresql" else value.hex
+
+
+class _Cache[K, V]:
+    def __init__(self) -> None:
+        self._entries: dict[K, tuple[float, V | None]] = {}
+
+    def get(self, key: K) -> tuple[bool, V | None]:
+        entry = self._entries.get(key)
+        if entry is None or time.monotonic() - entry[0] > settings.BOUNCER_CACHE_SECONDS:
+            return False, None
+        return True, entry[1]
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def put(self, key: K, value: V | None) -> None:
+        if len(self._entries) > 100_000:
+            self._entries.clear()
+        self._entries[key] = (time.monotonic(), value)
+
+
+_servers: _Cache[uuid.UUID, ServerInfo] = _Cache()
+_realms: _Cache[uuid.UUID, RealmInfo] = _Cache()
+_last_touched: dict[tuple[str, int], float] = {}
+_background: set[asyncio.Task[None]] = set()
+
+
+async def server_by_uuid(server_uuid: uuid.UUID) -> ServerInfo | None:
+    hit, server = _servers.get(server_uuid)
+    if hit:
+        return server
+    rows = await database().fetch(
+        f"SELECT id, api_key_hash, deactivated FROM {_SERVER_TABLE} WHERE uuid = %s",  # noqa: S608 - table name from the model
+        [_uuid_param(server_uuid)],
+    )
+    server = (
+        ServerInfo(id=rows[0][0], uuid=server_uuid, api_key_hash=rows[0][1], deactivated=rows[0][2])
+        if rows
+        else None
+    )
+    _servers.put(server_uuid, server)
+    return server
+
+
+async def realm_by_uuid(realm_uuid: uuid.UUID) -> RealmInfo | None:
+    hit, realm = _realms.get(realm_uuid)
+    if hit:
+        return realm
+    rows = await database().fetch(
+        f"SELECT id, server_id FROM {_REALM_TABLE} WHERE uuid = %s",  # noqa: S608 - table name from the model
+        [_uuid_param(realm_uuid)],
+    )
+    realm = RealmInfo(id=rows[0][0], uuid=realm_uuid, server_id=rows[0][1]) if rows else None
+    # An unknown realm is not remembered: analytics may create it any moment.
+    if realm is not None:
+        _realms.put(realm_uuid, realm)
+    return realm
+
+
+def touch_last_request(table: str, row_id: int) -> None:
+    """Record a request's time on a server or realm, at most every LAST_REQUEST_RESOLUTION
+    per process, in the background (operators' information, not the request's business)."""
+    now = time.monotonic()
+    key = (table, row_id)
+    if now - _last_touched.get(key, -1e9) < LAST_REQUEST_RESOLUTION.total_seconds():
+        return
+    _last_touched[key] = now
+    task = asyncio.get_running_loop().create_task(_touch(table, row_id, timezone.now()))
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+async def _touch(table: str, row_id: int, at: datetime) -> None:
+    try:
+        await database().execute(
+            f"UPDATE {table} SET last_request_datetime = %s WHERE id = %s",  # noqa: S608 - table name from the model
+            [connection.ops.adapt_datetimefield_value(at), row_id],
+        )
+    except Exception:  # noqa: BLE001 - a missed timestamp is not worth a request
+        return
+
+
+def server_table() -> str:
+    return _SERVER_TABLE
+
+
+def realm_table() -> str:
+    return _REALM_TABLE
+
+
+async def find_realm(*, server: ServerInfo, realm_uuid: str, required: bool) -> RealmInfo | None:
+    """registrations.realms.find_realm for the event loop: the same answers."""
+    try:
+        parsed = uuid.UUID(realm_uuid)
+    except ValueError:
+        raise BouncerError("Invalid realm_uuid") from None
+    realm = await realm_by_uuid(parsed)
+    if realm is None:
+        if required:
+            raise missing_remote_realm()
+        logger.info("Received request for unknown realm %s, server %s", parsed, server.id)
+        return None
+    if realm.server_id != server.id:
+        logger.warning(
+            "Realm %s of server %s named by server %s", parsed, realm.server_id, server.id
+        )
+        raise remote_realm_server_mismatch()
+    touch_last_request(_REALM_TABLE, realm.id)
+    return realm
+
+
+def forget_all() -> None:
+    """Drop every cached server and realm (tests; an operator never needs it)."""
+    _servers.clear()
+    _realms.clear()
+    _last_touched.clear()
