@@ -21,11 +21,11 @@ from kombu.exceptions import OperationalError as BrokerError
 
 from bouncer import metrics
 from bouncer.asyncdb import in_thread
-from delivery import attemptlog, channel
+from delivery import attemptlog, channel, limits
 from delivery.models import DeliveryAttempt
 from delivery.outcomes import SendResult, Verdict, give_up, next_retry_delay
 from delivery.relay import get_relay
-from delivery.types import Batch, Delivery
+from delivery.types import UNSENDABLE, Batch, Delivery
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,10 @@ def _token_hint(token: str) -> str:
 
 
 def _log_result(batch: Batch, delivery: Delivery, result: SendResult, outcome: str) -> None:
-    if result.verdict == Verdict.DELIVERED and not logger.isEnabledFor(logging.INFO):
+    # A first attempt's success is the hot path's commonest line: debug, as the delivery log
+    # and the counters keep it for operators at no log cost. A retry's success is info.
+    success_level = logging.INFO if batch.attempt > 1 else logging.DEBUG
+    if result.verdict == Verdict.DELIVERED and not logger.isEnabledFor(success_level):
         return
     provider = delivery.provider.upper()
     context = (
@@ -55,7 +58,9 @@ def _log_result(batch: Batch, delivery: Delivery, result: SendResult, outcome: s
     )
     detail = f"{result.status or '-'} {result.reason or ''}".strip()
     if result.verdict == Verdict.DELIVERED:
-        logger.info("%s: delivered to %s (%s)", provider, context, result.upstream_id or "")
+        logger.log(
+            success_level, "%s: delivered to %s (%s)", provider, context, result.upstream_id or ""
+        )
     elif result.verdict == Verdict.TOKEN_DEAD:
         logger.info("%s: token dead for %s: %s", provider, context, detail)
     elif result.verdict == Verdict.CONFIG_FAULT:
@@ -174,6 +179,27 @@ def apply(batch: Batch, settlement: Settlement, schedule: Scheduler, *, now: flo
         raise unscheduled
 
 
+def _log_oversize(batch: Batch) -> None:
+    """One line per request for payloads over their provider's limit (the relay refuses them
+    unsent), with the size and the limit: the Zulip server's operator needs to hear of it."""
+    oversize = [d for d in batch.deliveries if limits.too_large(d)]
+    if not oversize:
+        return
+    largest = max(oversize, key=lambda d: d.size)
+    size = "unencodable" if largest.size == UNSENDABLE else f"{largest.size} bytes"
+    logger.warning(
+        "Server %s batch %s: %d of %d deliveries not sent: payload too large (%s %s, "
+        "limit %d bytes)",
+        batch.server_id,
+        batch.id,
+        len(oversize),
+        len(batch.deliveries),
+        largest.provider.upper(),
+        size,
+        limits.limit_for(largest),
+    )
+
+
 async def send_first_attempt(*, batch: Batch, schedule: Scheduler) -> dict[int, str]:
     """The web's side: send a batch's first attempt now and settle it; outcome by index.
 
@@ -185,6 +211,7 @@ async def send_first_attempt(*, batch: Batch, schedule: Scheduler) -> dict[int, 
     in the broker (`schedule`) before the answer goes out.
     """
     now = time.time()
+    _log_oversize(batch)
     results = await get_relay().send_many(
         batch.deliveries, batch.tenant, wait=settings.NOTIFY_WAIT_SECONDS
     )

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Protocol
 
+import uvloop
 from django.conf import settings
 
 from delivery import limits
@@ -66,7 +67,8 @@ class Relay:
             self.loop = loop
             self._build()
             return
-        self.loop = asyncio.new_event_loop()
+        # uvloop, as the web server runs: the same loop implementation everywhere.
+        self.loop = uvloop.new_event_loop()
         self._thread = threading.Thread(
             target=self.loop.run_forever, name="delivery-loop", daemon=True
         )

@@ -33,6 +33,8 @@ class Answer:
     status: int = 200
     reason: str | None = None
     hang: bool = False  # never answer this stream
+    reset: bool = False  # reset this stream instead of answering
+    drop: bool = False  # drop the connection instead of answering
     timestamp: int | None = None  # with 410
 
 
@@ -164,6 +166,8 @@ class FakeApns(H2Server):
             answer = self._next_answer(token)
         if answer.hang:
             return None
+        if answer.reset or answer.drop:
+            return Response(0, reset=answer.reset, drop=answer.drop)
         response_headers = [("apns-id", headers.get("apns-id") or str(uuid.uuid4()))]
         if answer.status == 200:
             return Response(200, response_headers)

@@ -16,6 +16,7 @@ from typing import Any
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
+from h2.errors import ErrorCodes as ErrorCode
 from h2.events import ConnectionTerminated, DataReceived, RequestReceived, StreamEnded, StreamReset
 from h2.exceptions import ProtocolError
 
@@ -36,6 +37,9 @@ class Response:
     status: int
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b""
+    # Instead of answering: reset the stream (RST_STREAM), or drop the whole connection.
+    reset: bool = False
+    drop: bool = False
 
 
 def write_count(path: str, count: int) -> None:
@@ -217,6 +221,18 @@ class _Connection(asyncio.Protocol):
         if hi > 0:
             await asyncio.sleep(random.uniform(lo, hi) / 1000)
         if self.closed:
+            return
+        if response.drop:
+            self.closed = True
+            if self.transport:
+                self.transport.abort()
+            return
+        if response.reset:
+            try:
+                self.conn.reset_stream(stream_id, ErrorCode.INTERNAL_ERROR)
+            except ProtocolError:
+                return
+            self._flush()
             return
         headers = [(":status", str(response.status)), *response.headers]
         try:
