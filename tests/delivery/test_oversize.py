@@ -121,7 +121,8 @@ def test_a_payload_exactly_at_apples_limit_is_sent_and_one_byte_more_is_not(
 ) -> None:
     device(realm, APNS_TOKEN, "apns")
     base = len(
-        '{"push_key_id":10,"encrypted_data":"","aps":{"mutable-content":1,"alert":{"title":"New notification"}}}'
+        '{"push_key_id":10,"encrypted_data":"",'
+        '"aps":{"mutable-content":1,"alert":{"title":"New notification"}}}'
     )
     for extra, delivered in [(0, 1), (1, 0)]:
         item = apns_item(APNS_TOKEN, encrypted_data="e" * (4096 - base + extra))
