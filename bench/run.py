@@ -1,6 +1,6 @@
 """The benchmark: `make bench` (or `.venv/bin/python bench/run.py --help`).
 
-Starts PostgreSQL, Redis, gunicorn (deploy/gunicorn.conf.py), Celery workers (as
+Starts PostgreSQL, Redis, the web server (`manage.py serve`), Celery workers (as
 deploy/systemd runs them) and fake APNs (20-60 ms) and FCM (30-80 ms) servers, then drives
 the bouncer over HTTP from this process (asyncio + httpx; forked into up to 4 client
 processes at higher concurrency) as many Zulip servers, at rising concurrency until
@@ -547,7 +547,6 @@ def stack_for(args: argparse.Namespace) -> AbstractContextManager[Stack]:
         celery_threads=args.threads,
         celery_pool=args.pool,
         web_workers=args.web_workers,
-        web_threads=args.web_threads,
     )
 
 
@@ -558,7 +557,7 @@ def run_main(args: argparse.Namespace, out: list[str]) -> None:
         f"`{' '.join(['bench/run.py', *sys.argv[1:]])}`; APNs latency {args.apns_latency} ms, "
         f"FCM {args.fcm_latency} ms; {args.workers} worker process(es), --pool {args.pool} "
         f"--concurrency {args.threads}; "
-        f"gunicorn {args.web_workers} x {args.web_threads}; {args.seconds:g} s per point.\n"
+        f"`manage.py serve --workers {args.web_workers}`; {args.seconds:g} s per point.\n"
     )
     with stack_for(args) as s:
         setup_django(s)
@@ -692,8 +691,9 @@ def run_rows(args: argparse.Namespace) -> list[str]:
 
 
 def run_scaling(args: argparse.Namespace) -> list[str]:
-    """e2ee-3 at the top concurrency with 1, 2, 4... web processes (gunicorn workers: they send
-    the first attempts; Celery workers carry only retries), each in a fresh stack.
+    """e2ee-3 at the top concurrency with 1, 2, 4... web processes (`manage.py serve
+    --workers`: they send the first attempts; Celery workers carry only retries), each in a
+    fresh stack.
 
     Each configuration runs in its own child process: Django binds a process to one database.
     """
@@ -715,8 +715,6 @@ def run_scaling(args: argparse.Namespace) -> list[str]:
                 str(args.workers),
                 "--web-workers",
                 str(web_workers),
-                "--web-threads",
-                str(args.web_threads),
                 "--threads",
                 str(args.threads),
                 "--pool",
@@ -753,8 +751,15 @@ def main() -> None:
     parser.add_argument(
         "--pool", default="threads", choices=["threads", "prefork"], help="Celery worker pool"
     )
-    parser.add_argument("--web-workers", type=int, default=2)
-    parser.add_argument("--web-threads", type=int, default=16)
+    parser.add_argument(
+        "--web-workers", type=int, default=2, help="web processes (`manage.py serve --workers`)"
+    )
+    parser.add_argument(
+        "--web-threads",
+        type=int,
+        default=None,
+        help="gone: the web server (uvicorn) has no threads per process; accepted and ignored",
+    )
     parser.add_argument(
         "--half-load",
         nargs="*",
