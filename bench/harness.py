@@ -11,6 +11,7 @@ import base64
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -49,6 +50,8 @@ class Stack:
     names: list[str] = field(default_factory=list)
     # Processes not started by spawn(): PostgreSQL's postmaster, redis-server.
     services: dict[str, int] = field(default_factory=dict)
+    # Removed when the stack stops (a peer's virtualenv: tens of MB); the logs stay.
+    scratch: list[Path] = field(default_factory=list)
 
     def _pids(self, role: str) -> list[int]:
         roots = [
@@ -265,6 +268,8 @@ def stack(
                 process.kill()
         redis.stop()
         postgres.stop()
+        for path in s.scratch:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def setup_django(s: Stack) -> None:
