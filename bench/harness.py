@@ -1,15 +1,17 @@
 """Start the bouncer's production processes and its dependencies for a benchmark run.
 
-PostgreSQL and Redis come from tests/services.py (throwaway, loopback); the web is gunicorn
-with deploy/gunicorn.conf.py, the worker `celery -A bouncer worker` as deploy/systemd runs
-it, and the fake APNs and FCM run as their own processes with injected latency (uniform per
-response). Everything stops when the run ends.
+PostgreSQL and Redis come from tests/services.py (throwaway, loopback); the web is the
+production web server, `manage.py serve --bind HOST:PORT --workers N` (uvicorn), the worker
+`celery -A bouncer worker` as deploy/systemd runs it, and the fake APNs and FCM run as their
+own processes with injected latency (uniform per response). Everything stops when the run
+ends.
 """
 
 import base64
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,6 +50,8 @@ class Stack:
     names: list[str] = field(default_factory=list)
     # Processes not started by spawn(): PostgreSQL's postmaster, redis-server.
     services: dict[str, int] = field(default_factory=dict)
+    # Removed when the stack stops (a peer's virtualenv: tens of MB); the logs stay.
+    scratch: list[Path] = field(default_factory=list)
 
     def _pids(self, role: str) -> list[int]:
         roots = [
@@ -115,7 +119,6 @@ def _descendants(roots: list[int]) -> list[int]:
 def stack(
     *,
     web_workers: int = 2,
-    web_threads: int = 32,
     celery_processes: int = 1,
     celery_threads: int = 32,
     celery_pool: str = "threads",
@@ -161,9 +164,6 @@ def stack(
         "FCM_ENDPOINT": f"https://127.0.0.1:{fcm_port}",
         "STATIC_ROOT": str(workdir),
         "PUSH_CA_FILE": str(loopback_tls().ca_file),
-        "GUNICORN_BIND": f"127.0.0.1:{web_port}",
-        "GUNICORN_WORKERS": str(web_workers),
-        "GUNICORN_THREADS": str(web_threads),
         "PYTHONPATH": str(ROOT),
     }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
@@ -224,12 +224,12 @@ def stack(
             "web",
             [
                 sys.executable,
-                "-m",
-                "gunicorn",
-                "-c",
-                "deploy/gunicorn.conf.py",
-                "--access-logfile",
-                os.environ.get("BENCH_ACCESS_LOG", "/dev/null"),
+                "manage.py",
+                "serve",
+                "--bind",
+                f"127.0.0.1:{web_port}",
+                "--workers",
+                str(web_workers),
             ],
         )
         if with_worker:
@@ -268,6 +268,8 @@ def stack(
                 process.kill()
         redis.stop()
         postgres.stop()
+        for path in s.scratch:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def setup_django(s: Stack) -> None:

@@ -1,6 +1,6 @@
 """The benchmark: `make bench` (or `.venv/bin/python bench/run.py --help`).
 
-Starts PostgreSQL, Redis, gunicorn (deploy/gunicorn.conf.py), Celery workers (as
+Starts PostgreSQL, Redis, the web server (`manage.py serve`), Celery workers (as
 deploy/systemd runs them) and fake APNs (20-60 ms) and FCM (30-80 ms) servers, then drives
 the bouncer over HTTP from this process (asyncio + httpx; forked into up to 4 client
 processes at higher concurrency) as many Zulip servers, at rising concurrency until
@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import resource
 import ssl
+import statistics
 import subprocess
 import sys
 import time
@@ -26,13 +27,25 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
+import peers
 from harness import ROOT, Stack, percentile, setup_django, stack
 from workloads import Request, Tenant
 
-WORKLOADS = ["e2ee-1", "e2ee-3", "e2ee-10", "legacy-2", "register", "mixed", "floor"]
+WORKLOADS = [
+    "e2ee-1",
+    "e2ee-3",
+    "e2ee-10",
+    "apns-1",
+    "apns-10",
+    "legacy-2",
+    "register",
+    "mixed",
+    "floor",
+]
 
 
 @dataclass
@@ -111,7 +124,10 @@ async def drive(
                     httpx.AsyncClient(limits=one_connection, timeout=15, verify=no_tls)
                 )
             started = time.perf_counter()
-            url = s.web_url + path if path.startswith("/") else base + path
+            if path.startswith("http"):  # another server than the bouncer (a peer)
+                url = path
+            else:
+                url = s.web_url + path if path.startswith("/") else base + path
             headers = {"X-Request-Start": f"t={time.time():.3f}"} if stamp else None
             try:
                 response = await client.request(
@@ -251,10 +267,11 @@ def measure(
     seconds: float,
     rate: float | None = None,
     stamp: bool = False,
+    groups: dict[str, list[str]] | None = None,
 ) -> Point:
     time.sleep(0.5)  # whatever came before (a raw-limit run) has been counted
     delivered_before = s.delivered()
-    meter = CpuMeter(s)
+    meter = CpuMeter(s, groups)
     done, latencies, errors, elapsed = drive_from_processes(
         s,
         requests,
@@ -300,8 +317,9 @@ class CpuMeter:
     ("machine"), what its cores could have given ("capacity") and the wall time ("seconds"),
     from creation to stop()."""
 
-    def __init__(self, s: Stack) -> None:
+    def __init__(self, s: Stack, groups: dict[str, list[str]] | None = None) -> None:
         self.s = s
+        self.groups = groups or CPU_GROUPS
         self.before = self._groups()
         self.before["load generator"] = self._load_generator()
         self.jiffies = machine_jiffies()
@@ -321,7 +339,7 @@ class CpuMeter:
     def _groups(self) -> dict[str, float]:
         return {
             group: sum(self.s.cpu_seconds(role) for role in roles)
-            for group, roles in CPU_GROUPS.items()
+            for group, roles in self.groups.items()
         }
 
     @staticmethod
@@ -344,7 +362,7 @@ def machine_jiffies() -> tuple[int, int]:
 
 
 async def _raw_limit(
-    s: Stack, tenants: list[Tenant], in_flight: int, seconds: float
+    s: Stack, tenants: list[Tenant], in_flight: int, seconds: float, kind: str | None
 ) -> tuple[float, dict[str, float]]:
     """Our senders alone, straight to the fakes: the ceiling the bouncer is compared with."""
     from delivery.apns import ApnsSender
@@ -352,7 +370,7 @@ async def _raw_limit(
     from delivery.types import Delivery
 
     apns, fcm = ApnsSender(), FcmSender()
-    tokens = [t for tenant in tenants for t in tenant.e2ee_tokens]
+    tokens = [t for tenant in tenants for t in tenant.e2ee_tokens if kind in (None, t[0])]
     sent = 0
     deadline = time.perf_counter() + seconds
     payload = {"push_key_id": 1, "encrypted_data": "x" * 240}
@@ -402,10 +420,11 @@ async def _raw_limit(
 
 
 def raw_limit(
-    s: Stack, tenants: list[Tenant], in_flight: int, seconds: float
+    s: Stack, tenants: list[Tenant], in_flight: int, seconds: float, kind: str | None = None
 ) -> tuple[float, dict[str, float]]:
-    """Notifications per second, and the CPU by group while they were sent."""
-    return asyncio.run(_raw_limit(s, tenants, in_flight, seconds))
+    """Notifications per second, and the CPU by group while they were sent (to `kind`'s
+    devices only, "apns", or APNs and FCM alternating)."""
+    return asyncio.run(_raw_limit(s, tenants, in_flight, seconds, kind))
 
 
 def requests_for(workload: str, tenants: list[Tenant], public_key: str) -> Iterator[Request]:
@@ -413,6 +432,8 @@ def requests_for(workload: str, tenants: list[Tenant], public_key: str) -> Itera
 
     if workload.startswith("e2ee-"):
         return workloads.e2ee_notify(tenants, int(workload.split("-")[1]))
+    if workload.startswith("apns-"):
+        return workloads.e2ee_notify(tenants, int(workload.split("-")[1]), kind="apns")
     if workload == "legacy-2":
         return workloads.legacy_notify(tenants)
     if workload == "register":
@@ -425,7 +446,7 @@ def requests_for(workload: str, tenants: list[Tenant], public_key: str) -> Itera
 
 
 def devices_per_request(workload: str) -> int:
-    if workload.startswith("e2ee-"):
+    if workload.startswith(("e2ee-", "apns-")):
         return int(workload.split("-")[1])
     return {"legacy-2": 2, "mixed": 3}.get(workload, 0)
 
@@ -508,7 +529,10 @@ def ladder(
         point = measure(s, workload, requests, concurrency=concurrency, seconds=seconds)
         devices = devices_per_request(workload)
         if with_limit and devices:
-            point.limit, point.limit_cpu = raw_limit(s, tenants, concurrency * devices, seconds / 2)
+            kind = "apns" if workload.startswith("apns-") else None
+            point.limit, point.limit_cpu = raw_limit(
+                s, tenants, concurrency * devices, seconds / 2, kind
+            )
             point.limit_machine_busy = point.limit_cpu["machine"] / point.limit_cpu["capacity"]
         out.append(point_row(point))
         print(out[-1], flush=True)
@@ -552,7 +576,6 @@ def stack_for(args: argparse.Namespace) -> AbstractContextManager[Stack]:
         celery_threads=args.threads,
         celery_pool=args.pool,
         web_workers=args.web_workers,
-        web_threads=args.web_threads,
     )
 
 
@@ -563,7 +586,7 @@ def run_main(args: argparse.Namespace, out: list[str]) -> None:
         f"`{' '.join(['bench/run.py', *sys.argv[1:]])}`; APNs latency {args.apns_latency} ms, "
         f"FCM {args.fcm_latency} ms; {args.workers} worker process(es), --pool {args.pool} "
         f"--concurrency {args.threads}; "
-        f"gunicorn {args.web_workers} x {args.web_threads}; {args.seconds:g} s per point.\n"
+        f"`manage.py serve --workers {args.web_workers}`; {args.seconds:g} s per point.\n"
     )
     with stack_for(args) as s:
         setup_django(s)
@@ -697,8 +720,9 @@ def run_rows(args: argparse.Namespace) -> list[str]:
 
 
 def run_scaling(args: argparse.Namespace) -> list[str]:
-    """e2ee-3 at the top concurrency with 1, 2, 4... web processes (gunicorn workers: they send
-    the first attempts; Celery workers carry only retries), each in a fresh stack.
+    """e2ee-3 at the top concurrency with 1, 2, 4... web processes (`manage.py serve
+    --workers`: they send the first attempts; Celery workers carry only retries), each in a
+    fresh stack.
 
     Each configuration runs in its own child process: Django binds a process to one database.
     """
@@ -720,8 +744,6 @@ def run_scaling(args: argparse.Namespace) -> list[str]:
                 str(args.workers),
                 "--web-workers",
                 str(web_workers),
-                "--web-threads",
-                str(args.web_threads),
                 "--threads",
                 str(args.threads),
                 "--pool",
@@ -745,9 +767,329 @@ def run_scaling(args: argparse.Namespace) -> list[str]:
     return out
 
 
+# --- Side by side with a peer (--peer sygnal) -----------------------------------------------
+
+# The bouncer's side of a delivered notification: every process it needs, not only its own.
+BOUNCER_SIDE = ["web", "worker", "PostgreSQL", "Redis"]
+PEER_GROUPS = {**CPU_GROUPS, "Sygnal": ["sygnal"]}
+PEER_SHAPES = [1, 10]  # APNs devices per request
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def cpu_ms_per_notification(p: Point, groups: list[str]) -> float:
+    """Machine CPU milliseconds per notification delivered at the fakes, of these groups."""
+    delivered = p.delivered_per_second * p.seconds
+    if not delivered:
+        return float("nan")
+    return sum(p.cpu.get(group, 0.0) for group in groups) / delivered * 1000
+
+
+def start_peer(s: Stack, args: argparse.Namespace) -> str | None:
+    """The peer's base URL once it answers, or None (and why, printed) when it cannot run:
+    the rest of the benchmark never needs it."""
+    s.scratch += [s.workdir / "sygnal-venv", s.workdir / "sygnal-src"]
+    try:
+        python = peers.install_sygnal(s.workdir, Path(args.sygnal_archive))
+        return peers.start_sygnal(s, python)
+    except (peers.PeerUnavailable, OSError, subprocess.SubprocessError) as e:
+        print(f"--peer sygnal skipped: Sygnal is unavailable here ({e})", flush=True)
+        return None
+
+
+def peer_row(devices: int, concurrency: int, pairs: list[tuple[Point, Point]]) -> str:
+    """Medians over the runs; errors summed over them."""
+    ours, theirs = [b for b, _ in pairs], [g for _, g in pairs]
+
+    def side(points: list[Point], groups: list[str]) -> tuple[float, str, float]:
+        rate = median([p.delivered_per_second for p in points])
+        errors: Counter[str] = Counter()
+        for p in points:
+            errors.update(p.errors)
+        cells = (
+            f"{rate:,.0f} | {median([p.p50_ms for p in points]):,.0f} | "
+            f"{median([p.p99_ms for p in points]):,.0f} | {fmt_errors(errors)}"
+        )
+        cpu = median([cpu_ms_per_notification(p, groups) for p in points])
+        return rate, cells, cpu
+
+    our_rate, our_cells, our_cpu = side(ours, BOUNCER_SIDE)
+    their_rate, their_cells, their_cpu = side(theirs, ["Sygnal"])
+    ratio = f"{our_rate / their_rate:.2f}" if their_rate else "-"
+    return (
+        f"| {devices} x {concurrency} | {our_cells} | {their_cells} | {ratio} | "
+        f"{our_cpu:.2f} | {their_cpu:.2f} |"
+    )
+
+
+PEER_HEADER = (
+    "| devices x in flight | bouncer notif/s | p50 ms | p99 ms | errors | "
+    "Sygnal notif/s | p50 ms | p99 ms | errors | bouncer ÷ Sygnal | "
+    "CPU ms/notif bouncer | CPU ms/notif Sygnal |\n"
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+)
+
+
+def run_peer(args: argparse.Namespace, out: list[str]) -> None:
+    """The same APNs-only shapes against the bouncer and against Sygnal, each on its own
+    protocol, in one stack (one fake APNs, one load generator), `--runs` times."""
+    started = datetime.datetime.now(datetime.UTC)
+    out.append(f"# Bouncer and Sygnal side by side, {started:%Y-%m-%d %H:%M} UTC\n")
+    with stack_for(args) as s:
+        setup_django(s)
+        import workloads
+
+        url = start_peer(s, args)
+        if url is None:
+            out.append("Sygnal unavailable here: peer comparison skipped.")
+            return
+        tenants = workloads.create_tenants(
+            servers=args.servers, e2ee_per_server=600, legacy_users=0
+        )
+        ours = {n: requests_for(f"apns-{n}", tenants, "") for n in PEER_SHAPES}
+        theirs = {n: workloads.sygnal_notify(url, n) for n in PEER_SHAPES}
+        # Connections and provider tokens first, on both sides.
+        measure(s, "warm-up", ours[1], concurrency=4, seconds=2)
+        measure(s, "warm-up", theirs[1], concurrency=4, seconds=2)
+        out.append(
+            f"`{' '.join(['bench/run.py', *sys.argv[1:]])}`: E2EE notify to 1 or 10 APNs "
+            "devices per request (bouncer) and the push gateway's notify with 1 or 10 APNs "
+            f"pushkeys (Sygnal), closed loop, {args.seconds:g} s per point, the fake APNs "
+            f"answering after {args.apns_latency} ms; medians of {args.runs} run(s), errors "
+            "summed over them; the client gives up after 15 s, as a Zulip server does. "
+            "Notifications counted at the fake APNs. CPU per notification: the bouncer's web, "
+            "workers, PostgreSQL and Redis; Sygnal's process. "
+            f"`manage.py serve --workers {args.web_workers}`; Sygnal as configured by "
+            "bench/peers.py (one process, its defaults).\n"
+        )
+        results: dict[tuple[int, int], list[tuple[Point, Point]]] = {}
+        for run in range(args.runs):
+            for devices in PEER_SHAPES:
+                for concurrency in args.peer_concurrency:
+                    sides = []
+                    # Which side goes first alternates between runs: the host's drift
+                    # then falls on both.
+                    for requests in (
+                        (ours[devices], theirs[devices])
+                        if run % 2 == 0
+                        else (theirs[devices], ours[devices])
+                    ):
+                        sides.append(
+                            measure(
+                                s,
+                                f"apns-{devices}",
+                                requests,
+                                concurrency=concurrency,
+                                seconds=args.seconds,
+                                groups=PEER_GROUPS,
+                            )
+                        )
+                    bouncer, sygnal = sides if run % 2 == 0 else sides[::-1]
+                    results.setdefault((devices, concurrency), []).append((bouncer, sygnal))
+                    print(
+                        f"run {run + 1}/{args.runs}, {devices} x {concurrency}: "
+                        f"bouncer {bouncer.delivered_per_second:,.0f}/s "
+                        f"p99 {bouncer.p99_ms:,.0f} ms "
+                        f"({cpu_ms_per_notification(bouncer, BOUNCER_SIDE):.2f} ms CPU/notif, "
+                        f"errors {fmt_errors(bouncer.errors)}); "
+                        f"Sygnal {sygnal.delivered_per_second:,.0f}/s "
+                        f"p99 {sygnal.p99_ms:,.0f} ms "
+                        f"({cpu_ms_per_notification(sygnal, ['Sygnal']):.2f} ms CPU/notif, "
+                        f"errors {fmt_errors(sygnal.errors)})",
+                        flush=True,
+                    )
+        out.append(PEER_HEADER)
+        out += [peer_row(d, c, pairs) for (d, c), pairs in results.items()]
+        print("\n".join(out[-len(results) - 1 :]), flush=True)
+
+
+# --- A quiet server among flooding neighbours (--neighbours) ---------------------------------
+
+QUIET_RATE = 5.0  # one-device notifies per second, sent on schedule
+FLOOD_SERVERS = 3
+FLOOD_DEVICES = 5
+
+
+@dataclass
+class Phase:
+    label: str
+    quiet_latencies: list[float]
+    quiet_errors: Counter[str]
+    quiet_sent: int
+    flood_seconds: float
+    flood_done: int
+    flood_latencies: list[float]
+    flood_errors: Counter[str]
+    flood_delivered: int
+    cpu: dict[str, float]
+    delivered: int
+
+
+def _answered_200(done: int, errors: Counter[str]) -> int:
+    """Answers that were 200: `done` counts every answer, `errors` also the non-200 ones
+    (labels starting with their status) and the requests never answered (exception names)."""
+    return done - sum(n for label, n in errors.items() if label[:1].isdigit())
+
+
+def neighbours_phase(
+    s: Stack,
+    label: str,
+    quiet: Iterator[Request],
+    flood: Iterator[Request],
+    flood_concurrency: int,
+    seconds: float,
+    groups: dict[str, list[str]],
+) -> Phase:
+    """The quiet server's open loop in a process of its own (its send times do not wait on
+    the flood's client), beside the flood's closed loop when there is one."""
+    time.sleep(0.5)
+    delivered_before = s.delivered()
+    meter = CpuMeter(s, groups)
+    context = multiprocessing.get_context("fork")
+    results: multiprocessing.Queue[Any] = context.Queue()
+    child = context.Process(
+        target=_drive_share,
+        args=(s, quiet, 0, 1, None, QUIET_RATE, seconds, True, results),
+    )
+    child.start()
+    flood_result: tuple[int, list[float], Counter[str], float] = (0, [], Counter(), seconds)
+    if flood_concurrency:
+        flood_result = drive_from_processes(
+            s, flood, concurrency=flood_concurrency, rate=None, seconds=seconds, stamp=True
+        )
+    quiet_done, quiet_latencies, quiet_errors, _ = results.get(timeout=seconds + 120)
+    child.join(timeout=30)
+    cpu = meter.stop()
+    time.sleep(1.5)  # late deliveries land; the fakes write their counts every 0.2 s
+    delivered = s.delivered() - delivered_before
+    flood_done, flood_latencies, flood_errors, flood_seconds = flood_result
+    quiet_ok = _answered_200(quiet_done, quiet_errors)
+    return Phase(
+        label=label,
+        quiet_latencies=quiet_latencies,
+        quiet_errors=quiet_errors,
+        quiet_sent=quiet_done + sum(n for k, n in quiet_errors.items() if not k[:1].isdigit()),
+        flood_seconds=flood_seconds,
+        flood_done=flood_done,
+        flood_latencies=flood_latencies,
+        flood_errors=flood_errors,
+        # The fake counts both; the quiet server's one notification per 200 is taken off.
+        flood_delivered=max(0, delivered - quiet_ok),
+        cpu=cpu,
+        delivered=delivered,
+    )
+
+
+def neighbours_row(side: str, p: Phase, server_groups: list[str]) -> str:
+    q = p.quiet_latencies
+    quiet = (
+        f"{percentile(q, 50) * 1000:,.0f} | {percentile(q, 99) * 1000:,.0f} | "
+        f"{max(q) * 1000 if q else float('nan'):,.0f} | {fmt_errors(p.quiet_errors)} "
+        f"(of {p.quiet_sent})"
+    )
+    server_cpu = sum(p.cpu.get(group, 0.0) for group in server_groups)
+    per = 1000 / p.delivered if p.delivered else float("nan")
+    # The machine as a share, not per notification: at 5 notifications a second, whatever
+    # else runs on the host would dominate a per-notification figure.
+    cpu = f"{server_cpu * per:.2f} | {p.cpu['machine'] / p.cpu['capacity']:.0%}"
+    if not p.flood_done and not p.flood_errors:
+        return f"| {side} | {p.label} | {quiet} | - | - | - | - | {cpu} |"
+    unavailable = sum(n for label, n in p.flood_errors.items() if label.startswith("503"))
+    with_retry_after = sum(
+        n
+        for label, n in p.flood_errors.items()
+        if label.startswith("503") and "Retry-After" in label
+    )
+    flood = (
+        f"{p.flood_done / p.flood_seconds:,.0f} | {p.flood_delivered / p.flood_seconds:,.0f} | "
+        f"{percentile(p.flood_latencies, 99) * 1000:,.0f} | "
+        f"{unavailable} ({with_retry_after} with Retry-After)"
+    )
+    other = Counter(
+        {label: n for label, n in p.flood_errors.items() if not label.startswith("503")}
+    )
+    if other:
+        flood += f"; other errors: {fmt_errors(other)}"
+    return f"| {side} | {p.label} | {quiet} | {flood} | {cpu} |"
+
+
+NEIGHBOURS_HEADER = (
+    "| server | phase | quiet p50 ms | quiet p99 ms | quiet max ms | quiet errors | "
+    "flood req/s | flood notif/s | flood p99 ms | flood 503s | "
+    "server CPU ms/notif | machine busy |\n"
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+)
+
+
+def run_neighbours(args: argparse.Namespace, out: list[str]) -> None:
+    """One quiet server (5 one-device APNs notifies a second, open loop) alone, then beside
+    three servers flooding (closed loop, 5-device requests) at each --neighbours-flood; the
+    same against Sygnal with --peer sygnal."""
+    started = datetime.datetime.now(datetime.UTC)
+    out.append(f"# A quiet server among flooding neighbours, {started:%Y-%m-%d %H:%M} UTC\n")
+    out.append(
+        f"`{' '.join(['bench/run.py', *sys.argv[1:]])}`: the quiet server sends "
+        f"{QUIET_RATE:g} E2EE notifies a second to one APNs device each, on schedule (open "
+        f"loop); {FLOOD_SERVERS} other servers send {FLOOD_DEVICES}-APNs-device notifies in a "
+        f"closed loop; {args.neighbours_seconds:g} s per phase; every request stamped "
+        "`X-Request-Start` as nginx stamps it; the client gives up after 15 s. Flood "
+        "notifications counted at the fake APNs, less the quiet server's. Server CPU per "
+        "notification delivered (both senders'): the bouncer's web, workers, PostgreSQL and "
+        "Redis, or Sygnal's process; machine busy: the whole host, other users included. "
+        f"`manage.py serve --workers {args.web_workers}`.\n"
+    )
+    phases = [("alone", 0)] + [(f"flood at {c} in flight", c) for c in args.neighbours_flood]
+    with stack_for(args) as s:
+        setup_django(s)
+        import workloads
+
+        tenants = workloads.create_tenants(
+            servers=1 + FLOOD_SERVERS, e2ee_per_server=600, legacy_users=0
+        )
+        sides: list[tuple[str, Iterator[Request], Iterator[Request], list[str]]] = [
+            (
+                "bouncer",
+                workloads.e2ee_notify(tenants[:1], 1, kind="apns"),
+                workloads.e2ee_notify(tenants[1:], FLOOD_DEVICES, kind="apns"),
+                BOUNCER_SIDE,
+            )
+        ]
+        if args.peer == "sygnal":
+            url = start_peer(s, args)
+            if url is None:
+                out.append("Sygnal unavailable here: its side skipped.\n")
+            else:
+                sides.append(
+                    (
+                        "Sygnal",
+                        workloads.sygnal_notify(url, 1),
+                        workloads.sygnal_notify(url, FLOOD_DEVICES),
+                        ["Sygnal"],
+                    )
+                )
+        out.append(NEIGHBOURS_HEADER)
+        print("\n".join(out), flush=True)
+        for side, quiet, flood, server_groups in sides:
+            measure(s, "warm-up", flood, concurrency=4, seconds=2)
+            for label, concurrency in phases:
+                phase = neighbours_phase(
+                    s, label, quiet, flood, concurrency, args.neighbours_seconds, PEER_GROUPS
+                )
+                out.append(neighbours_row(side, phase, server_groups))
+                print(out[-1], flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workloads", nargs="*", default=WORKLOADS, choices=WORKLOADS)
+    parser.add_argument(
+        "--workloads",
+        nargs="*",
+        default=None,
+        choices=WORKLOADS,
+        help="default: all, or none with --peer or --neighbours",
+    )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[4, 16, 64, 128])
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--servers", type=int, default=20, help="Zulip servers sending")
@@ -758,8 +1100,15 @@ def main() -> None:
     parser.add_argument(
         "--pool", default="threads", choices=["threads", "prefork"], help="Celery worker pool"
     )
-    parser.add_argument("--web-workers", type=int, default=2)
-    parser.add_argument("--web-threads", type=int, default=16)
+    parser.add_argument(
+        "--web-workers", type=int, default=2, help="web processes (`manage.py serve --workers`)"
+    )
+    parser.add_argument(
+        "--web-threads",
+        type=int,
+        default=None,
+        help="gone: the web server (uvicorn) has no threads per process; accepted and ignored",
+    )
     parser.add_argument(
         "--half-load",
         nargs="*",
@@ -780,13 +1129,45 @@ def main() -> None:
         "--scaling", type=int, nargs="*", default=[], help="web processes to compare, e.g. 1 2 4"
     )
     parser.add_argument("--rows", type=int, nargs="*", default=[], help="e.g. 10000 1000000")
+    parser.add_argument(
+        "--peer",
+        choices=["sygnal"],
+        help="also start this peer and drive the same APNs shapes against it, side by side",
+    )
+    parser.add_argument("--runs", type=int, default=1, help="--peer: medians of this many runs")
+    parser.add_argument(
+        "--peer-concurrency", type=int, nargs="+", default=[16, 64, 128, 256], help="--peer"
+    )
+    parser.add_argument("--sygnal-archive", default=str(peers.SYGNAL_ARCHIVE))
+    parser.add_argument(
+        "--neighbours",
+        action="store_true",
+        help="a quiet server's latency alone and beside flooding servers (--peer sygnal: "
+        "against Sygnal too)",
+    )
+    parser.add_argument("--neighbours-seconds", type=float, default=30)
+    parser.add_argument(
+        "--neighbours-flood",
+        type=int,
+        nargs="+",
+        default=[64, 256],
+        help="the flood's requests in flight, one phase each",
+    )
     parser.add_argument("--no-report", action="store_true", help="print only")
     args = parser.parse_args()
+    if args.workloads is None:
+        args.workloads = [] if args.peer or args.neighbours else WORKLOADS
+    if args.runs < 1:
+        parser.error("--runs wants 1 or more")
     if args.rows and (args.workloads or args.scaling):
         parser.error("--rows runs on its own (it grows the device table)")
 
     out: list[str] = []
     try:
+        if args.neighbours:
+            run_neighbours(args, out)
+        elif args.peer:
+            run_peer(args, out)
         if args.workloads:
             run_main(args, out)
         if args.scaling:

@@ -102,7 +102,9 @@ def create_tenants(*, servers: int, e2ee_per_server: int, legacy_users: int) -> 
     return tenants
 
 
-def e2ee_notify(tenants: list[Tenant], devices: int) -> Iterator[Request]:
+def e2ee_notify(tenants: list[Tenant], devices: int, kind: str | None = None) -> Iterator[Request]:
+    """E2EE notify requests of `devices` devices each: APNs and FCM alternating, or only
+    `kind`'s devices ("apns")."""
     from registrations import sealing
 
     def item(kind: str, token: str) -> dict[str, Any]:
@@ -118,13 +120,46 @@ def e2ee_notify(tenants: list[Tenant], devices: int) -> Iterator[Request]:
 
     bodies: list[Request] = []
     for tenant in tenants:
-        tokens = tenant.e2ee_tokens
+        tokens = [(k, t) for k, t in tenant.e2ee_tokens if kind is None or k == kind]
         for start in range(0, len(tokens) - devices + 1, devices):
             body = {
                 "realm_uuid": tenant.realm_uuid,
                 "push_requests": [item(k, t) for k, t in tokens[start : start + devices]],
             }
             bodies.append(("POST", "push/e2ee/notify", tenant.auth, body, None))
+    random.shuffle(bodies)
+    return itertools.cycle(bodies)
+
+
+# Sygnal's side of the same shapes: a Matrix homeserver's push for a message, as Synapse
+# sends it (the push gateway spec's POST /_matrix/push/v1/notify), to `devices` iOS devices.
+SYGNAL_APP_ID = "org.zulip.bench.ios"
+
+
+def sygnal_notify(url: str, devices: int, pushkeys: int = 6000) -> Iterator[Request]:
+    """Notifications to `devices` APNs pushkeys each (base64, as iOS apps register them;
+    Sygnal turns them into hex tokens), drawn in turn from `pushkeys` distinct ones."""
+    keys = [base64.b64encode(os.urandom(32)).decode() for _ in range(pushkeys)]
+    bodies: list[Request] = []
+    for start in range(0, len(keys) - devices + 1, devices):
+        body = {
+            "notification": {
+                "event_id": f"$bench{start}",
+                "room_id": "!room:bench.example.org",
+                "type": "m.room.message",
+                "sender": "@hamlet:bench.example.org",
+                "sender_display_name": "King Hamlet",
+                "room_name": "Denmark",
+                "content": {"msgtype": "m.text", "body": "hi"},
+                "counts": {"unread": 1},
+                "prio": "high",
+                "devices": [
+                    {"app_id": SYGNAL_APP_ID, "pushkey": key, "pushkey_ts": 0, "data": {}}
+                    for key in keys[start : start + devices]
+                ],
+            }
+        }
+        bodies.append(("POST", f"{url}/_matrix/push/v1/notify", None, body, None))
     random.shuffle(bodies)
     return itertools.cycle(bodies)
 
@@ -208,7 +243,8 @@ def mixed(tenants: list[Tenant], public_key: str) -> Iterator[Request]:
 
 
 def floor() -> Iterator[Request]:
-    """GET /health: Django and gunicorn with nothing to do, the ceiling of any endpoint here."""
+    """GET /health: Django and the web server with nothing to do, the ceiling of any
+    endpoint here."""
     return itertools.repeat(("GET", "/health", None, None, None))
 
 

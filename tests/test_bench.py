@@ -10,6 +10,9 @@ import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
+sys.path.insert(0, str(BENCH))
+
+from peers import poetry_lock_requirements  # noqa: E402 - bench/ is scripts, not a package
 
 
 def cells(line: str) -> list[str]:
@@ -23,6 +26,7 @@ def test_a_short_benchmark_run_completes_without_errors() -> None:
             "run.py",
             "--workloads",
             "e2ee-3",
+            "apns-1",
             "register",
             "--concurrency",
             "2",
@@ -52,7 +56,7 @@ def test_a_short_benchmark_run_completes_without_errors() -> None:
     assert throughput["1"][5] == "0", throughput["1"]
     e2ee, register = throughput["e2ee-3"], throughput["register"]
     [half_load] = [row for name, row in throughput.items() if name.startswith("e2ee-3 at ")]
-    for row in (e2ee, register, half_load):
+    for row in (e2ee, throughput["apns-1"], register, half_load):
         assert row[5] == "0", row  # errors
         assert float(row[2].replace(",", "")) > 0, row  # requests/s
     assert float(e2ee[3].replace(",", "")) > 0, e2ee  # delivered/s, counted at the fakes
@@ -62,3 +66,80 @@ def test_a_short_benchmark_run_completes_without_errors() -> None:
     for row in cpu.values():
         assert all(float(cell) >= -1 for cell in row[2:]), row
         assert float(row[-1]) > 0, row  # the machine's CPU per item
+
+
+def test_neighbours_runs_and_a_missing_peer_is_skipped() -> None:
+    run = subprocess.run(
+        [
+            sys.executable,
+            "run.py",
+            "--neighbours",
+            "--neighbours-seconds",
+            "1",
+            "--neighbours-flood",
+            "4",
+            "--peer",
+            "sygnal",
+            "--sygnal-archive",
+            str(BENCH / "no-such-archive.tar.gz"),
+            "--no-report",
+        ],
+        cwd=BENCH,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "--peer sygnal skipped" in run.stdout, run.stdout
+    rows = [
+        cells(line)
+        for line in run.stdout.splitlines()
+        if line.startswith(("| bouncer |", "| Sygnal |"))
+    ]
+    assert [row[:2] for row in rows] == [
+        ["bouncer", "alone"],
+        ["bouncer", "flood at 4 in flight"],
+    ], run.stdout
+    for row in rows:
+        assert row[5].startswith("0 (of "), row  # the quiet server's errors
+    assert float(rows[1][6].replace(",", "")) > 0, rows[1]  # the flood's requests/s
+    assert float(rows[1][7].replace(",", "")) > 0, rows[1]  # its notifications, at the fake
+
+
+def test_poetry_lock_pins_become_hashed_requirements() -> None:
+    lock = {
+        "package": [
+            {
+                "name": "aioapns",
+                "version": "3.2",
+                "groups": ["main"],
+                "files": [{"file": "aioapns-3.2.tar.gz", "hash": "sha256:40f6"}],
+            },
+            {
+                "name": "tomli",
+                "version": "2.0.1",
+                "groups": ["main"],
+                "markers": 'python_version == "3.10"',
+            },
+            {"name": "mypy", "version": "1.5.1", "groups": ["dev"]},
+            {
+                "name": "cffi",
+                "version": "1.16.0",
+                "groups": ["main", "dev"],
+                "markers": {"main": "platform_python_implementation != 'PyPy'"},
+            },
+            {
+                "name": "six",
+                "version": "1.16.0",
+                "groups": ["main", "dev"],
+                "markers": {"dev": "sys_platform == 'win32'"},
+            },
+        ]
+    }
+    assert poetry_lock_requirements(lock, frozenset({"main"})) == [
+        "aioapns==3.2 --hash=sha256:40f6",
+        'tomli==2.0.1 ; python_version == "3.10"',
+        "cffi==1.16.0 ; (platform_python_implementation != 'PyPy')",
+        "six==1.16.0",
+    ]
