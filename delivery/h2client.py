@@ -85,6 +85,9 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.window_opened = asyncio.Event()
         self.lost = asyncio.Event()  # the socket is gone (connection_lost ran)
+        # The server's SETTINGS arrived: until then its stream limit is unknown, and a server
+        # may refuse (or drop the connection over) streams beyond its default.
+        self.settled = asyncio.Event()
 
     # --- the protocol, called by the event loop ------------------------------------------
 
@@ -138,6 +141,8 @@ class _Connection(asyncio.Protocol):
                         stream.future.set_exception(ConnectionFailed("GOAWAY"))
             elif isinstance(event, WindowUpdated | RemoteSettingsChanged):
                 self.window_opened.set()
+                if isinstance(event, RemoteSettingsChanged):
+                    self.settled.set()
         self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -145,12 +150,13 @@ class _Connection(asyncio.Protocol):
         self.lost.set()
         self._fail_all(ConnectionFailed(f"connection lost ({exc or 'closed'})"))
         self.window_opened.set()
+        self.settled.set()
 
     # --- requests, from coroutines on the same loop --------------------------------------
 
     def has_room(self) -> bool:
         limit = self.h2.remote_settings.max_concurrent_streams
-        return not self.closed and len(self.streams) < limit
+        return not self.closed and self.settled.is_set() and len(self.streams) < limit
 
     async def request(self, headers: list[tuple[bytes, bytes]], body: bytes) -> Response:
         if self.closed:
@@ -331,6 +337,12 @@ class H2Client:
             connection.closed = True
             transport.close()
             raise ConnectionFailed(f"{self.host}:{self.port} does not speak HTTP/2")
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                await connection.settled.wait()
+        except TimeoutError:
+            connection.close()
+            raise ConnectionFailed(f"{self.host}:{self.port} sent no HTTP/2 SETTINGS") from None
 
     async def aclose(self) -> None:
         """Close every connection and wait (a second at most) until their sockets are gone."""
