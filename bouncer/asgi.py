@@ -61,13 +61,17 @@ class Application:
         from delivery import attemptlog
         from delivery.fairness import LagMonitor
         from delivery.relay import attach_relay
+        from registrations import lookups
 
         await receive()  # lifespan.startup
         relay = attach_relay(asyncio.get_running_loop())
         lag = LagMonitor(admission)
         lag.start()
+        watcher = asyncio.create_task(lookups.watch_changes())
         await send({"type": "lifespan.startup.complete"})
         await receive()  # lifespan.shutdown: in-flight requests have finished
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
         await lag.stop()
         await relay.aclose()
         await close_database()

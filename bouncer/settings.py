@@ -246,13 +246,16 @@ DELIVERY_MAX_IN_FLIGHT = env_int("DELIVERY_MAX_IN_FLIGHT", 2000)
 # Admission per web process (delivery/fairness.py): above this many deliveries in flight, or
 # while the event loop runs more than BOUNCER_MAX_LOOP_LAG_SECONDS behind, servers using more
 # than their fair share get 503 + Retry-After; a server under its share is always admitted.
-BOUNCER_MAX_IN_FLIGHT = env_int("BOUNCER_MAX_IN_FLIGHT", 1024)
-BOUNCER_MAX_LOOP_LAG_SECONDS = env_float("BOUNCER_MAX_LOOP_LAG_SECONDS", 0.025)
+BOUNCER_MAX_IN_FLIGHT = env_int("BOUNCER_MAX_IN_FLIGHT", 512)
+BOUNCER_MAX_LOOP_LAG_SECONDS = env_float("BOUNCER_MAX_LOOP_LAG_SECONDS", 0.1)
 # Seconds a server counts as active (sharing the capacity) after its last notify.
 BOUNCER_FAIR_SHARE_WINDOW_SECONDS = env_float("BOUNCER_FAIR_SHARE_WINDOW_SECONDS", 2.0)
 # In-process caches of servers, realms and bouncer keys: how stale they may be. A
 # deactivation, an API key change or a key retirement takes effect everywhere within this.
 BOUNCER_CACHE_SECONDS = env_float("BOUNCER_CACHE_SECONDS", 1.0)
+# With Redis, changes are pushed to every process (registrations/lookups.py) and entries may
+# live this long; without it (or while it is down) they live BOUNCER_CACHE_SECONDS.
+BOUNCER_CACHE_MAX_SECONDS = env_float("BOUNCER_CACHE_MAX_SECONDS", 300.0)
 # How long a worker's claim on a delivery lasts before another may send it (must exceed the
 # upstream request timeout): bounds how late a delivery is when its worker dies mid-send.
 DELIVERY_CLAIM_SECONDS = env_int("DELIVERY_CLAIM_SECONDS", 60)

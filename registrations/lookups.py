@@ -1,19 +1,26 @@
-"""Servers and realms for the notify path, cached in-process for BOUNCER_CACHE_SECONDS.
+"""Servers and realms for the notify path, cached in each web process.
 
 Every notify starts with its server (authentication) and its realm. Read from PostgreSQL each
-time, they were two of the request's three round trips; cached, a busy server costs one
-look-up a second. Staleness is bounded, not invalidated: a deactivation or an API-key change
-made anywhere (admin, command, another process) takes effect in every process within
-BOUNCER_CACHE_SECONDS, and a server or realm unknown to the cache is always read.
+time, they were two of the request's three round trips. Cached, they are read once per
+BOUNCER_CACHE_MAX_SECONDS, and a change is pushed rather than waited out: whatever saves a
+server or realm (the registration endpoints, the admin, a command) publishes its uuid in Redis
+once committed (`publish_change`), and every web process polls that list every half
+BOUNCER_CACHE_SECONDS and forgets the entries named (`watch_changes`). So a deactivation or an
+API-key change takes effect everywhere within BOUNCER_CACHE_SECONDS. Where no watcher runs
+(no Redis, Redis down, a process without the web server's loop), entries live only
+BOUNCER_CACHE_SECONDS: the same bound, at the cost of more reads.
 """
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
+import redis
+import redis.asyncio
 from django.conf import settings
 from django.db import connection
 from django.utils import timezone
@@ -66,15 +73,42 @@ def _uuid_param(value: uuid.UUID) -> object:
     return value if connection.vendor == "postgresql" else value.hex
 
 
+CHANGES_KEY = "bouncer:lookups:changes"
+VERSION_KEY = "bouncer:lookups:version"
+# Changes kept for watchers that fell behind; one further behind forgets everything.
+CHANGES_KEPT = 10_000
+
+
+class _Watch:
+    """What this process knows of the published changes."""
+
+    def __init__(self) -> None:
+        self.version: int | None = None
+        self.healthy_until = 0.0  # monotonic time until which the last poll vouches
+
+    def fresh(self) -> bool:
+        return time.monotonic() < self.healthy_until
+
+
+_watch = _Watch()
+
+
+def _max_age() -> float:
+    return settings.BOUNCER_CACHE_MAX_SECONDS if _watch.fresh() else settings.BOUNCER_CACHE_SECONDS
+
+
 class _Cache[K, V]:
     def __init__(self) -> None:
         self._entries: dict[K, tuple[float, V | None]] = {}
 
     def get(self, key: K) -> tuple[bool, V | None]:
         entry = self._entries.get(key)
-        if entry is None or time.monotonic() - entry[0] > settings.BOUNCER_CACHE_SECONDS:
+        if entry is None or time.monotonic() - entry[0] > _max_age():
             return False, None
         return True, entry[1]
+
+    def forget(self, key: K) -> None:
+        self._entries.pop(key, None)
 
     def clear(self) -> None:
         self._entries.clear()
@@ -180,3 +214,74 @@ def forget_all() -> None:
     _servers.clear()
     _realms.clear()
     _last_touched.clear()
+
+
+def publish_change(values: list[uuid.UUID | str]) -> None:
+    """Tell every web process to forget these servers or realms (sync: Django's side).
+
+    Call it once the change is committed (transaction.on_commit), or a process could read
+    and cache the old row again in between."""
+    uuids = [uuid.UUID(str(value)) for value in values]
+    for value in uuids:
+        _servers.forget(value)
+        _realms.forget(value)
+    if not settings.REDIS_URL or not uuids:
+        return
+    try:
+        client = _sync_redis(settings.REDIS_URL)
+        version = int(client.incr(VERSION_KEY))
+        pipe = client.pipeline(transaction=False)
+        pipe.zadd(CHANGES_KEY, {f"{version}:{value}": version for value in uuids})
+        pipe.zremrangebyscore(CHANGES_KEY, "-inf", version - CHANGES_KEPT)
+        pipe.execute()
+    except redis.RedisError as e:
+        # The watchers see Redis fail too and fall back to the short lifetime.
+        logger.warning("Server cache: change not published (Redis unavailable: %s)", e)
+
+
+@functools.cache
+def _sync_redis(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+
+
+async def watch_changes() -> None:
+    """Forget what other processes changed, for ever (the web server's start-up runs it)."""
+    if not settings.REDIS_URL:
+        return
+    client = redis.asyncio.Redis.from_url(
+        settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1
+    )
+    interval = settings.BOUNCER_CACHE_SECONDS / 2
+    try:
+        while True:
+            started = time.monotonic()
+            try:
+                await _poll(client)
+                _watch.healthy_until = started + settings.BOUNCER_CACHE_SECONDS
+            except (redis.RedisError, OSError) as e:
+                if _watch.fresh():
+                    logger.warning("Server cache: Redis unavailable (%s); short lifetimes", e)
+                _watch.healthy_until = 0.0
+            await asyncio.sleep(interval)
+    finally:
+        await client.aclose()
+
+
+async def _poll(client: redis.asyncio.Redis) -> None:
+    raw = await client.get(VERSION_KEY)
+    version = int(raw or 0)
+    if _watch.version is None or version < _watch.version:
+        # First look, or Redis lost its data: nothing cached can be vouched for.
+        forget_all()
+    elif version > _watch.version:
+        if version - _watch.version > CHANGES_KEPT // 2:
+            forget_all()
+        else:
+            changed = await client.zrangebyscore(CHANGES_KEY, _watch.version + 1, version)
+            for member in changed:
+                text = member.decode() if isinstance(member, bytes) else str(member)
+                _, _, value = text.partition(":")
+                key = uuid.UUID(value)
+                _servers.forget(key)
+                _realms.forget(key)
+    _watch.version = version

@@ -14,6 +14,7 @@ from django.core.validators import URLValidator, validate_email
 from django.db import IntegrityError, transaction
 
 from bouncer.errors import BouncerError, ErrorCode
+from registrations import lookups
 from registrations.auth import DEACTIVATED_MESSAGE, key_mismatch_message
 from registrations.models import (
     API_KEY_LENGTH,
@@ -235,6 +236,9 @@ def _set_deactivated(server: RemoteZulipServer, *, deactivated: bool, event: str
         updated = RemoteZulipServer.objects.filter(
             pk=server.pk, deactivated=not deactivated
         ).update(deactivated=deactivated, deactivated_at=at)
+        # No save signal for an update: the notify path's caches are told here.
+        server_uuid = server.uuid
+        transaction.on_commit(lambda: lookups.publish_change([server_uuid]))
         server.deactivated = deactivated
         server.deactivated_at = at
         if updated:

@@ -1,6 +1,7 @@
 """HTTP Basic authentication, the rate limit and deactivation (spec part 1 sections 2.3, 2.4)."""
 
 import base64
+from typing import Any
 
 import pytest
 import redis
@@ -9,7 +10,7 @@ from django.test import Client
 from pytest_django.fixtures import Settings
 
 from registrations.models import AuditLog, RemoteZulipServer
-from tests.conftest import API, ZulipServer, basic_auth
+from tests.conftest import API, ZulipServer, basic_auth, wait_until
 
 ENDPOINT = "push/unregister/all"
 FORM = {"user_id": "10"}
@@ -151,3 +152,44 @@ def test_a_server_row_never_holds_its_plain_key(zulip_server: ZulipServer) -> No
 def test_analytics_status_needs_authentication() -> None:
     response = Client().get(API + "server/analytics/status")
     assert response.status_code == 401
+
+
+def _empty_notify(server: ZulipServer) -> Any:
+    realm = server.add_realm()
+    return lambda: server.post_json(
+        "push/e2ee/notify", {"realm_uuid": str(realm.uuid), "push_requests": []}
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_notify_path_answers_429_past_the_limit(
+    settings: Settings, zulip_server: ZulipServer
+) -> None:
+    settings.BOUNCER_RATE_LIMIT = (3, 60)
+    notify = _empty_notify(zulip_server)
+    assert [notify().status_code for _ in range(3)] == [200, 200, 200]
+    response = notify()
+    assert response.status_code == 429
+    assert response.json()["code"] == "RATE_LIMIT_HIT"
+    assert 1 <= int(response["Retry-After"]) <= 60
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_notify_paths_counts_reach_redis_and_others_counts_reach_it(
+    settings: Settings, zulip_server: ZulipServer
+) -> None:
+    settings.BOUNCER_RATE_LIMIT = (5, 60)
+    client = redis.Redis.from_url(django_settings.REDIS_URL)
+    notify = _empty_notify(zulip_server)
+    assert notify().status_code == 200
+    pattern = f"bouncer:ratelimit:server:{zulip_server.row.pk}:*"
+    assert wait_until(lambda: client.keys(pattern), 5)
+    [key] = client.keys(pattern)
+    assert wait_until(lambda: int(client.get(key) or 0) == 1, 5)
+    # Other web processes counted three more; once synced, the sixth request is over.
+    client.incrby(key, 3)
+    assert notify().status_code == 200  # the fifth: this process learns the total now
+    assert wait_until(lambda: int(client.get(key) or 0) == 5, 5)
+    # This process alone has counted 2 (3 and 4 after these): a 429 within two more requests
+    # comes only from the others' counts (the sync may land just after the next request).
+    assert 429 in [notify().status_code, notify().status_code]
