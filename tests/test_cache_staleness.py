@@ -10,6 +10,7 @@ import httpx
 import pytest
 from django.db import connection
 
+from registrations import services
 from tests.conftest import make_server
 from tests.services import WebServer
 
@@ -73,6 +74,11 @@ def test_a_deactivation_and_a_key_change_reach_the_other_process(tmp_path: Path)
         )
         assert deactivated.status_code == 200, deactivated.text
         assert first_time(lambda: notify(second, new_key) == 401) is not None
+
+        # An operator's change (the admin and the commands call the same service).
+        server.row.refresh_from_db()
+        services.reactivate_server(server=server.row)
+        assert first_time(lambda: notify(second, new_key) == 200) is not None
     finally:
         first.stop()
         second.stop()
