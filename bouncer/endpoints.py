@@ -146,8 +146,7 @@ def _json_endpoint[M: Params](
             )
             status, body = 500, error_body(error)
         await respond(send, status, body, headers=headers.items(), close=close)
-        metrics.REQUESTS.labels(endpoint=name, status=str(status)).inc()
-        metrics.REQUEST_SECONDS.labels(endpoint=name).observe(time.perf_counter() - started)
+        metrics.record_request(endpoint=name, status=status, seconds=time.perf_counter() - started)
 
     return endpoint
 

@@ -5,6 +5,7 @@ its samples there and `/metrics` merges them; without it (make run, tests) the p
 registry is served.
 """
 
+import functools
 import time
 from collections.abc import Callable, Iterator
 
@@ -73,10 +74,22 @@ LEGACY_TOKENS_RETIRED = Counter(
 )
 
 
+@functools.cache
+def _child[M: (Counter, Histogram)](metric: M, *values: str) -> M:
+    # labels() takes a lock and builds a key on every call; on the notify path a handful of
+    # calls per request add up. The label sets here are small and fixed.
+    return metric.labels(*values)
+
+
 def record_delivery(*, provider: str, outcome: str, latency: float | None) -> None:
-    NOTIFICATIONS.labels(provider=provider, outcome=outcome).inc()
+    _child(NOTIFICATIONS, provider, outcome).inc()
     if latency is not None:
-        UPSTREAM_SECONDS.labels(provider=provider).observe(latency)
+        _child(UPSTREAM_SECONDS, provider).observe(latency)
+
+
+def record_request(*, endpoint: str, status: int, seconds: float) -> None:
+    _child(REQUESTS, endpoint, str(status)).inc()
+    _child(REQUEST_SECONDS, endpoint).observe(seconds)
 
 
 class QueueDepthCollector(Collector):
