@@ -41,11 +41,19 @@ def schedule_batch(batch: dict[str, Any], delay: float) -> None:
     """Run (part of) a batch again after `delay` seconds."""
     if settings.CELERY_TASK_ALWAYS_EAGER:
         # No broker (make run): eager mode would ignore the countdown and retry at once.
-        timer = threading.Timer(delay, deliver_batch.apply, kwargs={"args": (batch,)})
+        timer = threading.Timer(delay, _run_in_process, args=(batch,))
         timer.daemon = True
         timer.start()
         return
     deliver_batch.apply_async(args=(batch,), countdown=delay)
+
+
+def _run_in_process(batch: dict[str, Any]) -> None:
+    try:
+        deliver_batch.apply(args=(batch,))
+    finally:
+        # The timer's thread ends here: its database connection would be left open.
+        connections.close_all()
 
 
 @shared_task(name="delivery.prune_delivery_log", ignore_result=True)
