@@ -1,4 +1,4 @@
-"""Prometheus metrics (interface.md section 5), in multi-process mode under gunicorn and Celery.
+"""Prometheus metrics (interface.md section 5), in multi-process mode (web and Celery processes).
 
 With PROMETHEUS_MULTIPROC_DIR set (deploy/ sets it for every process), each process writes
 its samples there and `/metrics` merges them; without it (make run, tests) the process's own

@@ -247,7 +247,7 @@ DELIVERY_CLAIM_SECONDS = env_int("DELIVERY_CLAIM_SECONDS", 60)
 DELIVERY_LOG_DAYS = env_int("DELIVERY_LOG_DAYS", 7)
 # Legacy tokens of a deactivated server are removed this many days after its deactivation.
 LEGACY_DEACTIVATED_RETENTION_DAYS = env_int("LEGACY_DEACTIVATED_RETENTION_DAYS", 30)
-# Prometheus multi-process mode (gunicorn and Celery): the directory every process writes to.
+# Prometheus multi-process mode (web and Celery processes): where every process writes.
 PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR")
 # HOST:PORT where a Celery worker serves /metrics itself, for machines with no web process
 # (the web's /metrics covers only the processes of its own machine). Unset: off.
