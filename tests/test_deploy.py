@@ -223,6 +223,7 @@ def installation(installed: Path, tmp_path: Path) -> Iterator[Installation]:
             conn.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
 
 
+@pytest.mark.slow
 def test_install_script_builds_the_production_environment(installed: Path) -> None:
     assert (installed / ".venv" / "bin" / "celery").exists()
     # The web server `manage.py serve` runs, with its fast loop and HTTP parser.
@@ -284,6 +285,7 @@ def _onboard(inst: Installation, tokens: list[str]) -> ZulipServerClient:
     return zulip
 
 
+@pytest.mark.slow
 def test_the_units_serve_a_zulip_server_and_stop_cleanly_on_sigterm(
     installation: Installation,
 ) -> None:
@@ -360,6 +362,7 @@ def test_the_units_serve_a_zulip_server_and_stop_cleanly_on_sigterm(
             unit.terminate(timeout=10)
 
 
+@pytest.mark.slow
 def test_a_rolling_restart_of_the_workers_loses_and_repeats_no_delivery(
     installation: Installation,
 ) -> None:
@@ -429,6 +432,7 @@ def test_every_way_of_running_the_web_runs_manage_py_serve() -> None:
             assert "gunicorn" not in path.read_text().lower(), path
 
 
+@pytest.mark.slow
 def test_the_systemd_units_pass_systemd_analyze(installed: Path, tmp_path: Path) -> None:
     for unit in UNITS.glob("*.service"):
         (tmp_path / unit.name).write_text(unit.read_text().replace("/opt/bouncer", str(installed)))
@@ -494,6 +498,7 @@ def test_env_example_lists_every_variable_the_code_reads() -> None:
     assert read - listed == set()
 
 
+@pytest.mark.slow
 def test_a_unit_with_a_bad_configuration_refuses_to_start(
     installation: Installation, tmp_path: Path
 ) -> None:
@@ -504,6 +509,7 @@ def test_a_unit_with_a_bad_configuration_refuses_to_start(
         Unit.load("bouncer-worker", paths=inst.paths).start_service(env, inst.logs)
 
 
+@pytest.mark.slow
 def test_the_nginx_site_serves_the_bouncer_over_tls_and_http2(
     installation: Installation, tmp_path: Path
 ) -> None:
