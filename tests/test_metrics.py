@@ -49,7 +49,9 @@ def test_only_the_bouncers_own_endpoints_get_their_own_label(
     assert "api/v1/remotes/server/analytics/status" in labels
     # Every label is an API route or a probe: no admin page, no path a client invented.
     assert all(
-        label == "other" or label.startswith("api/v1/remotes/") or label in {"health", "ready"}
+        label == "other"
+        or label.startswith("api/v1/remotes/")
+        or label in {"health", "ready", "metrics"}
         for label in labels
     ), labels
     assert not any("admin" in label or "made-up" in label for label in labels), labels

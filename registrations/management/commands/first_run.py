@@ -13,6 +13,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
 from registrations import keys
+from registrations.models import acting_as
 
 ADMIN_USERNAME = "admin"
 
@@ -24,6 +25,10 @@ class Command(BaseCommand):
         parser.add_argument("--url", required=True, help="where the bouncer will be served")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        with acting_as("command first_run"):  # names the command in the audit log
+            self._handle(**options)
+
+    def _handle(self, **options: Any) -> None:
         url = str(options["url"]).rstrip("/")
         pair = keys.active_key() or keys.generate_key()
         login = self._admin_login()
