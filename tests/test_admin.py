@@ -346,3 +346,46 @@ def test_the_audit_log_shows_who_and_links_the_server(
     assert f"server {zulip_server.row.hostname} (API)" in html
     server_page = f"/admin/registrations/remotezulipserver/{zulip_server.row.pk}/change/"
     assert f'href="{server_page}"' in html
+
+
+def test_the_overview_counts_deliveries_failures_silent_servers_keys_and_credentials(
+    admin_client: Client, populated: BouncerKeyPair, zulip_server: ZulipServer
+) -> None:
+    pk = zulip_server.row.pk
+    for _ in range(3):
+        log_attempt(server_id=pk, outcome="delivered", reason="")
+    log_attempt(server_id=pk, outcome="config_fault", reason="InvalidProviderToken")
+    log_attempt(server_id=pk, outcome="gave_up", reason="ServiceUnavailable")
+    log_attempt(
+        server_id=pk, outcome="retry", reason="Older", created=timezone.now() - timedelta(hours=5)
+    )
+    silent = make_server(hostname="quiet.example.org")
+    RemoteZulipServer.objects.filter(pk=silent.row.pk).update(
+        last_request_datetime=timezone.now() - timedelta(days=3)
+    )
+    assert 'href="/admin/overview/"' in admin_client.get("/admin/").content.decode()
+    html = admin_client.get("/admin/overview/").content.decode()
+
+    def cell(window: str, outcome: str) -> str:
+        found = re.search(
+            rf'data-window="{window}" data-outcome="{outcome}">(\d+)<', html, flags=re.S
+        )
+        assert found is not None, (window, outcome)
+        return found.group(1)
+
+    assert 'data-provider="apns" data-app="org.zulip.Zulip"' in html
+    assert (cell("hour", "delivered"), cell("day", "delivered")) == ("3", "3")
+    assert (cell("hour", "retry"), cell("day", "retry")) == ("0", "1")
+    assert cell("hour", "config_fault") == "1"
+    assert cell("day", "gave_up") == "1"
+    assert "InvalidProviderToken" in html
+    assert "quiet.example.org" in html
+    assert populated.public_key in html
+    assert 'data-provider="fcm" data-app="default"' in html
+    assert SECRET_TOKEN not in html
+
+
+def test_the_overview_is_for_staff_only(client: Client, db: None) -> None:
+    answer = client.get("/admin/overview/")
+    assert answer.status_code == 302
+    assert answer["Location"].startswith("/admin/login/")
