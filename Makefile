@@ -36,7 +36,7 @@ run: venv-run
 
 # `make run` with fake APNs and FCM on loopback and a simulated Zulip server (README.md).
 demo: venv
-	exec $(PY) -m tests.demo --addr $(RUN_ADDR)
+	exec $(PY) -m demo --addr $(RUN_ADDR)
 
 check: venv
 	$(VENV)/bin/ruff check .

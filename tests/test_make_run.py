@@ -126,18 +126,22 @@ def test_make_run_serves_the_api_on_sqlite_and_prints_a_public_key() -> None:
 
 
 def _admin_login(port: int, username: str, password: str) -> bool:
-    """Django admin's login form, as a browser fills it in."""
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as browser:
-        form = browser.get("/admin/login/")
-        csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text)
-        assert csrf is not None, form.text
-        answer = browser.post(
-            "/admin/login/?next=/admin/",
-            data={
-                "csrfmiddlewaretoken": csrf.group(1),
-                "username": username,
-                "password": password,
-                "next": "/admin/",
-            },
-        )
-        return answer.status_code == 302 and answer.headers["location"] == "/admin/"
+        return admin_login(browser, username, password)
+
+
+def admin_login(browser: httpx.Client, username: str, password: str) -> bool:
+    """Django admin's login form, as a browser fills it in."""
+    form = browser.get("/admin/login/")
+    csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text)
+    assert csrf is not None, form.text
+    answer = browser.post(
+        "/admin/login/?next=/admin/",
+        data={
+            "csrfmiddlewaretoken": csrf.group(1),
+            "username": username,
+            "password": password,
+            "next": "/admin/",
+        },
+    )
+    return answer.status_code == 302 and answer.headers["location"] == "/admin/"
