@@ -9,7 +9,9 @@ from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import TruncHour
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import format_html
 
 from delivery.models import DeliveryAttempt
 from registrations.admin import FAILED_OUTCOMES, ReadOnlyAdmin, ServerFilter, server_link
@@ -42,7 +44,7 @@ class DeliveryAttemptAdmin(ReadOnlyAdmin):
         "protocol",
         "provider",
         "app_id",
-        "device_id",
+        "device_link",
         "outcome",
         "upstream_status",
         "reason",
@@ -68,6 +70,17 @@ class DeliveryAttemptAdmin(ReadOnlyAdmin):
         queryset: QuerySet[DeliveryAttempt] = super().get_queryset(request)
         hostname = RemoteZulipServer.objects.filter(pk=OuterRef("server_id")).values("hostname")
         return queryset.annotate(server_hostname_value=Subquery(hostname[:1]))
+
+    @admin.display(description="device", ordering="device_id")
+    def device_link(self, attempt: DeliveryAttempt) -> str:
+        # The id names an E2EE device or a legacy token row, by protocol; either may be gone.
+        model = (
+            "registrations_remotepushdevice"
+            if attempt.protocol == DeliveryAttempt.Protocol.E2EE
+            else "legacy_remotepushdevicetoken"
+        )
+        url = reverse(f"admin:{model}_change", args=[attempt.device_id])
+        return format_html('<a href="{}">{} {}</a>', url, attempt.protocol, attempt.device_id)
 
     @admin.display(description="server", ordering="server_hostname_value")
     def server_hostname(self, attempt: DeliveryAttempt) -> str:

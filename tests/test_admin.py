@@ -206,6 +206,7 @@ def test_the_delivery_log_names_servers_by_hostname_and_filters_by_server(
     server_page = f"/admin/registrations/remotezulipserver/{zulip_server.row.pk}/change/"
     assert f'<a href="{server_page}">{zulip_server.row.hostname}</a>' in html
     assert other_zulip_server.row.hostname in html
+    assert '<a href="/admin/registrations/remotepushdevice/7/change/">e2ee 7</a>' in html
     only = admin_client.get(url, {"server": zulip_server.row.pk}).content.decode()
     assert 'class="field-reason">FromTheFirst' in only
     assert 'class="field-reason">FromTheOther' not in only
