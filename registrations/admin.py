@@ -116,7 +116,9 @@ class RemoteZulipServerAdmin(ReadOnlyAdmin):
 
     def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         # What is linked to this server first, then its own fields.
-        own = [f for f in super().get_fields(request, obj) if f not in ("related", "status")]
+        # "status" says active, or deactivated and since when, in words (not a red icon).
+        shown_as_status = ("related", "status", "deactivated", "deactivated_at")
+        own = [f for f in super().get_fields(request, obj) if f not in shown_as_status]
         return ["related", "status", *own]
 
     def get_actions(self, request: HttpRequest) -> dict[str, Any]:
@@ -155,19 +157,19 @@ class RemoteZulipServerAdmin(ReadOnlyAdmin):
                 "registrations_remoterealm",
                 f"server={server.pk}",
                 RemoteRealm.objects.filter(server=server).count(),
-                "realms",
+                ("realm", "realms"),
             ),
             (
                 "registrations_remotepushdevice",
                 f"server={server.pk}",
                 RemotePushDevice.objects.filter(remote_realm__server=server).count(),
-                "E2EE devices",
+                ("E2EE device", "E2EE devices"),
             ),
             (
                 "legacy_remotepushdevicetoken",
                 f"server={server.pk}",
                 RemotePushDeviceToken.objects.filter(server=server).count(),
-                "legacy tokens",
+                ("legacy token", "legacy tokens"),
             ),
             (
                 "delivery_deliveryattempt",
@@ -175,21 +177,21 @@ class RemoteZulipServerAdmin(ReadOnlyAdmin):
                 DeliveryAttempt.objects.filter(
                     server_id=server.pk, created__gte=day_ago, outcome__in=FAILED_OUTCOMES
                 ).count(),
-                "failed deliveries in the last day",
+                ("failed delivery in the last day", "failed deliveries in the last day"),
             ),
             (
                 "registrations_auditlog",
                 f"server={server.pk}",
                 AuditLog.objects.filter(server=server).count(),
-                "audit log entries",
+                ("audit log entry", "audit log entries"),
             ),
         ]
         return format_html_join(
             " · ",
             '<a href="{}?{}">{} {}</a>',
             (
-                (reverse(f"admin:{name}_changelist"), query, count, label)
-                for name, query, count, label in links
+                (reverse(f"admin:{name}_changelist"), query, count, one if count == 1 else many)
+                for name, query, count, (one, many) in links
             ),
         )
 

@@ -224,11 +224,11 @@ def test_a_servers_page_links_to_its_records_with_counts(
     services.deactivate_server(server=zulip_server.row)
     html = admin_client.get(f"/admin/registrations/remotezulipserver/{pk}/change/").content.decode()
     for text in (
-        f'href="/admin/registrations/remoterealm/?server={pk}">1 realms<',
-        f'href="/admin/registrations/remotepushdevice/?server={pk}">1 E2EE devices<',
-        f'href="/admin/legacy/remotepushdevicetoken/?server={pk}">1 legacy tokens<',
-        ">1 failed deliveries in the last day<",
-        f'href="/admin/registrations/auditlog/?server={pk}">1 audit log entries<',
+        f'href="/admin/registrations/remoterealm/?server={pk}">1 realm<',
+        f'href="/admin/registrations/remotepushdevice/?server={pk}">1 E2EE device<',
+        f'href="/admin/legacy/remotepushdevicetoken/?server={pk}">1 legacy token<',
+        ">1 failed delivery in the last day<",
+        f'href="/admin/registrations/auditlog/?server={pk}">1 audit log entry<',
     ):
         assert text in html, text
     # Each link shows what it counts.

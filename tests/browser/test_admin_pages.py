@@ -17,6 +17,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 from playwright.sync_api import Page, expect, sync_playwright
+from pytest_django.fixtures import Settings
 from pytest_django.live_server_helper import LiveServer
 
 from delivery.models import DeliveryAttempt
@@ -56,9 +57,15 @@ def log_attempts(server_id: int, outcome: str, reason: str, count: int, **fields
 
 
 @pytest.fixture
-def operator_data(transactional_db: None) -> ZulipServer:
-    """Two servers' worth of deliveries, one silent server, a key, devices: what an operator
-    sees on a working day."""
+def operator_data(transactional_db: None, settings: Settings, tmp_path: Path) -> ZulipServer:
+    """Two servers' worth of deliveries, one silent server, a key, devices, APNs and FCM
+    credentials (files the overview only opens): what an operator sees on a working day."""
+    for name in ("AuthKey.p8", "service-account.json"):
+        (tmp_path / name).write_text("not read by the overview")
+    settings.APNS_TOKEN_KEY_FILE = str(tmp_path / "AuthKey.p8")
+    settings.APNS_TOKEN_KEY_ID = "ABC123DEFG"
+    settings.APNS_TEAM_ID = "TEAM123456"
+    settings.FCM_CREDENTIALS_FILE = str(tmp_path / "service-account.json")
     busy = make_server(hostname="chat.example.org")
     realm = busy.add_realm()
     add_e2ee_devices(realm, [secrets.token_hex(32) for _ in range(4)])
@@ -130,7 +137,9 @@ def test_the_overview_shows_deliveries_failures_silent_servers_keys_and_credenti
         expect(silent).to_contain_text("quiet.example.org")
         expect(silent).not_to_contain_text("chat.example.org")
         expect(page.locator("#keys")).to_contain_text("active")
-        expect(page.locator('tr.credential[data-provider="fcm"]')).to_be_visible()
+        for provider in ("apns", "fcm"):
+            credential = page.locator(f'tr.credential[data-provider="{provider}"]')
+            expect(credential).to_contain_text("yes")
         path = screenshot(page, shots, "overview")
     assert path.stat().st_size > 10_000
 
@@ -149,9 +158,10 @@ def test_a_servers_page_links_to_its_records_and_failures(
         ).to_have_text("active")
         page.click("text=chat.example.org")
         related = page.locator(".field-related")
-        expect(related).to_contain_text("1 realms")
+        expect(related).to_contain_text("1 realm")
         expect(related).to_contain_text("4 E2EE devices")
         expect(related).to_contain_text("3 failed deliveries in the last day")
+        expect(page.locator(".field-deactivated")).to_have_count(0)  # said by "status"
         screenshot(page, shots, "server")
         related.locator("a", has_text="failed deliveries").click()
         rows = page.locator("#result_list tbody tr")
