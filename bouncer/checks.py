@@ -8,6 +8,7 @@ from typing import Any
 from django.apps import AppConfig
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, register
+from django.core.checks import Warning as CheckWarning
 from django.db import DatabaseError
 
 
@@ -50,6 +51,41 @@ def check_push_credentials(
     from delivery.credentials import check_credentials
 
     return [Error(problem, id="bouncer.E003") for problem in check_credentials()]
+
+
+@register()
+def check_some_push_credentials(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """A warning, not an error: `make run` and a new install start without credentials, and
+    every delivery is then refused (counted as config_fault) until they are configured."""
+    from delivery.credentials import CredentialsError, default_apns, fcm_credentials_file
+
+    warnings: list[CheckMessage] = []
+    try:
+        has_apns = default_apns() is not None or bool(settings.PUSH_APPS_FILE)
+    except CredentialsError:
+        has_apns = True  # configured, but wrongly: bouncer.E003 says how
+    if not has_apns:
+        warnings.append(
+            CheckWarning(
+                "No APNs credentials: every delivery to an iPhone is refused.",
+                hint="Set APNS_TOKEN_KEY_FILE, APNS_TOKEN_KEY_ID and APNS_TEAM_ID (or "
+                "APNS_CERT_FILE, or PUSH_APPS_FILE); docs/credentials.md. "
+                "manage.py push_check tests them.",
+                id="bouncer.W001",
+            )
+        )
+    if not fcm_credentials_file():
+        warnings.append(
+            CheckWarning(
+                "No FCM credentials: every delivery to an Android phone is refused.",
+                hint="Set FCM_CREDENTIALS_FILE to the service-account JSON; "
+                "docs/credentials.md. manage.py push_check tests it.",
+                id="bouncer.W002",
+            )
+        )
+    return warnings
 
 
 @register()

@@ -176,15 +176,15 @@ async def _test(server: ServerInfo, params: TestNotificationParams) -> None:
 
 ROUTES: dict[str, Endpoint] = {
     PREFIX + "push/e2ee/notify": _json_endpoint(
-        "push/e2ee/notify", E2EENotifyParams, _e2ee, lambda p: len(p.push_requests)
+        "api/v1/remotes/push/e2ee/notify", E2EENotifyParams, _e2ee, lambda p: len(p.push_requests)
     ),
     PREFIX + "push/notify": _json_endpoint(
-        "push/notify",
+        "api/v1/remotes/push/notify",
         LegacyNotifyParams,
         _legacy,
         lambda p: len(p.android_devices) + len(p.apple_devices),
     ),
     PREFIX + "push/test_notification": _json_endpoint(
-        "push/test_notification", TestNotificationParams, _test, lambda p: 1
+        "api/v1/remotes/push/test_notification", TestNotificationParams, _test, lambda p: 1
     ),
 }

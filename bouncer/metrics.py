@@ -1,4 +1,4 @@
-"""Prometheus metrics (interface.md section 5), in multi-process mode under gunicorn and Celery.
+"""Prometheus metrics (interface.md section 5), in multi-process mode (web and Celery processes).
 
 With PROMETHEUS_MULTIPROC_DIR set (deploy/ sets it for every process), each process writes
 its samples there and `/metrics` merges them; without it (make run, tests) the process's own
@@ -6,11 +6,17 @@ registry is served.
 """
 
 import functools
+import platform
 import time
+import tomllib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
+import django
 import redis
 from django.conf import settings
+from django.db import DatabaseError
+from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
 from django.urls import Resolver404, resolve
 from django.views.decorators.http import require_GET
@@ -106,11 +112,139 @@ class QueueDepthCollector(Collector):
             yield gauge
 
 
+@dataclass(frozen=True)
+class CredentialState:
+    """One set of provider credentials the bouncer is configured with, and whether it loads."""
+
+    provider: str
+    app: str  # "default", or the app id PUSH_APPS_FILE gives its own credentials
+    loaded: bool
+    problem: str = ""
+
+
+def _readable(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as e:
+        return f"cannot read {path} ({e.strerror})"
+    return ""
+
+
+def credential_states() -> list[CredentialState]:
+    """Default APNs, each app of PUSH_APPS_FILE, and FCM: configured and readable or not. The
+    files are only opened, never shown."""
+    from delivery import credentials
+
+    states: list[CredentialState] = []
+    try:
+        configured = {"default": credentials.default_apns()}
+        if settings.PUSH_APPS_FILE:
+            # The apps file as delivery reads it (parsed once per process, cached there).
+            configured.update(credentials._apps_file(settings.PUSH_APPS_FILE))
+    except credentials.CredentialsError as e:
+        return [CredentialState(provider="apns", app="default", loaded=False, problem=str(e))]
+    for app, creds in configured.items():
+        if creds is None:
+            states.append(CredentialState("apns", app, loaded=False, problem="not configured"))
+            continue
+        problem = _readable(creds.key_file or creds.cert_file or "")
+        states.append(CredentialState("apns", app, loaded=not problem, problem=problem))
+    fcm = credentials.fcm_credentials_file()
+    problem = _readable(fcm) if fcm else "not configured"
+    states.append(CredentialState("fcm", "default", loaded=not problem, problem=problem))
+    return states
+
+
+def _version() -> str:
+    try:
+        with (settings.BASE_DIR / "pyproject.toml").open("rb") as f:
+            return str(tomllib.load(f)["project"]["version"])
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        return "unknown"
+
+
+VERSION = _version()
+
+
+class InventoryCollector(Collector):
+    """What the bouncer serves, counted at scrape time: one GROUP BY per table, and the
+    credential files opened (not parsed). Without the database, only the build and the
+    credentials are reported."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        from legacy.models import RemotePushDeviceToken
+        from registrations.models import RemotePushDevice, RemoteRealm, RemoteZulipServer
+
+        build = GaugeMetricFamily(
+            "bouncer_build_info",
+            "The running bouncer's version",
+            labels=["version", "python", "django"],
+        )
+        build.add_metric([VERSION, platform.python_version(), django.get_version()], 1)
+        yield build
+
+        loaded = GaugeMetricFamily(
+            "bouncer_credentials_loaded",
+            "1 when a provider's credentials for an app are configured and readable",
+            labels=["provider", "app"],
+        )
+        for state in credential_states():
+            loaded.add_metric([state.provider, state.app], 1 if state.loaded else 0)
+        yield loaded
+
+        try:
+            servers = GaugeMetricFamily(
+                "bouncer_servers", "Registered Zulip servers by state", labels=["state"]
+            )
+            counts = dict(
+                RemoteZulipServer.objects.values_list("deactivated").annotate(n=Count("id"))
+            )
+            for deactivated, label in ((False, "active"), (True, "deactivated")):
+                servers.add_metric([label], counts.get(deactivated, 0))
+            realms = GaugeMetricFamily(
+                "bouncer_realms", "Realms (organizations) by state", labels=["state"]
+            )
+            counts = dict(RemoteRealm.objects.values_list("deactivated").annotate(n=Count("id")))
+            for deactivated, label in ((False, "active"), (True, "deactivated")):
+                realms.add_metric([label], counts.get(deactivated, 0))
+            devices = GaugeMetricFamily(
+                "bouncer_devices",
+                "Registered devices by protocol and kind (E2EE: not expired)",
+                labels=["protocol", "kind"],
+            )
+            e2ee = dict(
+                RemotePushDevice.objects.filter(expired_time__isnull=True)
+                .values_list("token_kind")
+                .annotate(n=Count("device_id"))
+            )
+            for kind in RemotePushDevice.Kind:
+                devices.add_metric(["e2ee", kind.value], e2ee.get(kind.value, 0))
+            legacy = dict(RemotePushDeviceToken.objects.values_list("kind").annotate(n=Count("id")))
+            for legacy_kind, name in (
+                (RemotePushDeviceToken.Kind.APNS, "apns"),
+                (RemotePushDeviceToken.Kind.FCM, "fcm"),
+            ):
+                devices.add_metric(["legacy", name], legacy.get(legacy_kind.value, 0))
+        except DatabaseError:
+            return
+        yield from (servers, realms, devices)
+
+
+# The bouncer's own endpoints (Zulip's API and the probes) each get their label; anything
+# else (the admin, static files, unknown paths) is "other", so that no path a client makes
+# up can create a new time series.
+_PROBES = frozenset({"health", "ready", "metrics"})
+
+
 def _endpoint(request: HttpRequest) -> str:
     try:
-        return resolve(request.path_info).route or "other"
+        route = resolve(request.path_info).route
     except Resolver404:
-        return "unknown"
+        return "other"
+    if route.startswith("api/v1/remotes/") or route in _PROBES:
+        return route
+    return "other"
 
 
 class RequestMetricsMiddleware:
@@ -138,10 +272,11 @@ def _samples_registry() -> CollectorRegistry:
 @require_GET
 def metrics_view(request: HttpRequest) -> HttpResponse:
     body = generate_latest(_samples_registry())
+    extra = CollectorRegistry()
+    extra.register(InventoryCollector())
     if settings.REDIS_URL:
-        extra = CollectorRegistry()
         extra.register(QueueDepthCollector())
-        body += generate_latest(extra)
+    body += generate_latest(extra)
     return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)
 
 

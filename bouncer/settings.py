@@ -1,9 +1,10 @@
 """The bouncer's only settings module: everything comes from the environment.
 
 Each secret can also be read from a file named by the same variable with `_FILE`
-appended (Docker and systemd credentials). Local runs (`DJANGO_DEBUG=true`, as
-`make run` sets it) generate missing secrets once into `var/`; production fails
-fast when one is missing.
+appended (Docker and systemd credentials). Local runs (`make run` sets
+BOUNCER_LOCAL_SECRETS=true; `DJANGO_DEBUG=true` too) generate missing secrets once into
+`var/`, and later commands in the same checkout read them from there; production, with no
+such files, fails fast when one is missing.
 """
 
 import base64
@@ -66,10 +67,14 @@ def env_secret(name: str) -> str:
     return os.environ.get(name, "")
 
 
-def local_secret(name: str, make: str) -> str:
-    """A secret generated once into var/ for local runs; never used in production."""
+def local_secret(name: str, make: str, *, create: bool) -> str:
+    """A secret generated once into var/ for local runs (`make run`), and read from there by
+    every later command in the checkout; "" when there is none and `create` is false. A
+    production install has no var/, so its missing secrets still fail the start."""
     path = VAR_DIR / name.lower()
     if not path.exists():
+        if not create:
+            return ""
         VAR_DIR.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -78,24 +83,25 @@ def local_secret(name: str, make: str) -> str:
 
 
 DEBUG = env_bool("DJANGO_DEBUG", False)
+# `make run`: the product as it runs in production (DEBUG off), on secrets made for this
+# checkout. Never set in production.
+LOCAL_SECRETS = DEBUG or env_bool("BOUNCER_LOCAL_SECRETS", False)
 
-SECRET_KEY = env_secret("DJANGO_SECRET_KEY")
+SECRET_KEY = env_secret("DJANGO_SECRET_KEY") or local_secret(
+    "DJANGO_SECRET_KEY", secrets.token_urlsafe(50), create=LOCAL_SECRETS
+)
 if not SECRET_KEY:
-    if not DEBUG:
-        raise ImproperlyConfigured("DJANGO_SECRET_KEY is required when DJANGO_DEBUG is false")
-    SECRET_KEY = local_secret("DJANGO_SECRET_KEY", secrets.token_urlsafe(50))
+    raise ImproperlyConfigured("DJANGO_SECRET_KEY is required when DJANGO_DEBUG is false")
 
 # Seals the private halves of bouncer key pairs at rest (see registrations/sealing.py).
-BOUNCER_KEY_ENCRYPTION_KEY = env_secret("BOUNCER_KEY_ENCRYPTION_KEY")
+BOUNCER_KEY_ENCRYPTION_KEY = env_secret("BOUNCER_KEY_ENCRYPTION_KEY") or local_secret(
+    "BOUNCER_KEY_ENCRYPTION_KEY", base64.b64encode(os.urandom(32)).decode(), create=LOCAL_SECRETS
+)
 if not BOUNCER_KEY_ENCRYPTION_KEY:
-    if not DEBUG:
-        raise ImproperlyConfigured(
-            "BOUNCER_KEY_ENCRYPTION_KEY is required when DJANGO_DEBUG is false "
-            "(32 random bytes in base64: python -c 'import os,base64;"
-            "print(base64.b64encode(os.urandom(32)).decode())')"
-        )
-    BOUNCER_KEY_ENCRYPTION_KEY = local_secret(
-        "BOUNCER_KEY_ENCRYPTION_KEY", base64.b64encode(os.urandom(32)).decode()
+    raise ImproperlyConfigured(
+        "BOUNCER_KEY_ENCRYPTION_KEY is required when DJANGO_DEBUG is false "
+        "(32 random bytes in base64: python -c 'import os,base64;"
+        "print(base64.b64encode(os.urandom(32)).decode())')"
     )
 
 
@@ -163,8 +169,8 @@ MIDDLEWARE = [
     "bouncer.overload.LoadSheddingMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # The admin's static files, served by the web process itself (collected by
-    # deploy/install.sh); `make run` (DEBUG) serves them through runserver instead.
-    *([] if DEBUG else ["whitenoise.middleware.WhiteNoiseMiddleware"]),
+    # deploy/install.sh and `make run`; with DJANGO_DEBUG=true found in the apps directly).
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -180,7 +186,9 @@ APPEND_SLASH = False
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        # Project-wide overrides of Django's own templates (the admin index's overview link);
+        # searched before the apps', so they win over django.contrib.admin's.
+        "DIRS": [BASE_DIR / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -263,7 +271,7 @@ DELIVERY_CLAIM_SECONDS = env_int("DELIVERY_CLAIM_SECONDS", 60)
 DELIVERY_LOG_DAYS = env_int("DELIVERY_LOG_DAYS", 7)
 # Legacy tokens of a deactivated server are removed this many days after its deactivation.
 LEGACY_DEACTIVATED_RETENTION_DAYS = env_int("LEGACY_DEACTIVATED_RETENTION_DAYS", 30)
-# Prometheus multi-process mode (gunicorn and Celery): the directory every process writes to.
+# Prometheus multi-process mode (web and Celery processes): where every process writes.
 PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR")
 # HOST:PORT where a Celery worker serves /metrics itself, for machines with no web process
 # (the web's /metrics covers only the processes of its own machine). Unset: off.

@@ -46,4 +46,4 @@ DJANGO_DEBUG=false \
     CELERY_BROKER_URL= \
     "$venv/bin/python" manage.py collectstatic --no-input --clear -v 0
 
-"$venv/bin/python" -c 'import django, celery, gunicorn; print(f"install.sh: done (Django {django.__version__}, Celery {celery.__version__}, gunicorn {gunicorn.__version__})")'
+"$venv/bin/python" -c 'import django, celery, uvicorn; print(f"install.sh: done (Django {django.__version__}, Celery {celery.__version__}, uvicorn {uvicorn.__version__})")'

@@ -1,8 +1,12 @@
 """Remote Zulip servers, their realms, the bouncer's key pairs and E2EE device registrations."""
 
+import contextvars
 import hashlib
 import hmac
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from django.db import models
 from django.db.models.functions import MD5, Lower
@@ -124,8 +128,24 @@ class BouncerKeyPair(models.Model):
         return self.retired_at is None
 
 
+# Who is acting in this thread or task: an admin user, a management command. Set where the
+# action starts (admin actions, commands), so that the services writing the audit log need no
+# extra argument; unset means the request came from a Zulip server or the bouncer itself.
+_actor: contextvars.ContextVar[str] = contextvars.ContextVar("audit_actor", default="")
+
+
+@contextmanager
+def acting_as(actor: str) -> Iterator[None]:
+    """Audit log entries written inside this block name `actor` as who did it."""
+    token = _actor.set(actor)
+    try:
+        yield
+    finally:
+        _actor.reset(token)
+
+
 class AuditLog(models.Model):
-    """What happened to servers and keys, and when; never secrets."""
+    """What happened to servers and keys, and when, and who did it; never secrets."""
 
     class Event(models.TextChoices):
         REMOTE_SERVER_CREATED = "remote_server_created"
@@ -138,6 +158,7 @@ class AuditLog(models.Model):
         BOUNCER_KEY_GENERATED = "bouncer_key_generated"
         BOUNCER_KEY_IMPORTED = "bouncer_key_imported"
         BOUNCER_KEY_RETIRED = "bouncer_key_retired"
+        BOUNCER_KEY_UNRETIRED = "bouncer_key_unretired"
         LEGACY_TOKENS_RETIRED = "legacy_tokens_retired"
 
     server = models.ForeignKey(
@@ -146,6 +167,12 @@ class AuditLog(models.Model):
     event_type = models.CharField(max_length=64, choices=Event.choices)
     event_time = models.DateTimeField(default=timezone.now, db_index=True)
     extra_data = models.JSONField(default=dict, blank=True)
+    actor = models.CharField(
+        max_length=255,
+        blank=True,
+        help_text='Who did it: "admin <user>", "command <name>", "server <hostname> (API)", '
+        'or "bouncer" (its periodic clean-ups).',
+    )
 
     class Meta:
         verbose_name = "audit log entry"
@@ -153,6 +180,19 @@ class AuditLog(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event_time:%Y-%m-%d %H:%M:%S} {self.event_type}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self.actor:
+            self.actor = _actor.get() or self._implicit_actor()
+        super().save(*args, **kwargs)
+
+    def _implicit_actor(self) -> str:
+        # Nobody declared themselves: the bouncer's own rules (legacy tokens retired, by the
+        # periodic clean-up or after an E2EE registration), else a server's own API call (the
+        # entry is about that server; its hostname as it was then).
+        if self.event_type == self.Event.LEGACY_TOKENS_RETIRED or self.server_id is None:
+            return "bouncer"
+        return f"server {self.server.hostname} (API)" if self.server else "bouncer"
 
 
 class RemotePushDevice(models.Model):

@@ -194,8 +194,8 @@ def installation(installed: Path, tmp_path: Path) -> Iterator[Installation]:
         "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
         "BOUNCER_KEY_ENCRYPTION_KEY": base64.b64encode(os.urandom(32)).decode(),
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
-        "GUNICORN_BIND": f"127.0.0.1:{port}",
-        "GUNICORN_WORKERS": "2",
+        "BOUNCER_BIND": f"127.0.0.1:{port}",
+        "BOUNCER_WEB_WORKERS": "2",
         "APNS_TOKEN_KEY_FILE": str(key_file),
         "APNS_TOKEN_KEY_ID": key.key_id,
         "APNS_TEAM_ID": key.team_id,
@@ -223,9 +223,12 @@ def installation(installed: Path, tmp_path: Path) -> Iterator[Installation]:
             conn.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
 
 
+@pytest.mark.slow
 def test_install_script_builds_the_production_environment(installed: Path) -> None:
-    assert (installed / ".venv" / "bin" / "gunicorn").exists()
     assert (installed / ".venv" / "bin" / "celery").exists()
+    # The web server `manage.py serve` runs, with its fast loop and HTTP parser.
+    for module in ("uvicorn", "uvloop", "httptools", "a2wsgi"):
+        assert list((installed / ".venv").glob(f"lib/python*/site-packages/{module}")), module
     # The dev group stays out of production.
     assert not list((installed / ".venv").glob("lib/python*/site-packages/pytest"))
     assert (installed / "static" / "admin" / "css" / "base.css").exists()
@@ -261,8 +264,13 @@ def _start_web(inst: Installation, web: Unit) -> Unit:
     """bouncer-migrate, then bouncer-web, as Requires=/After= order them; the web, serving."""
     _migrate(inst)
     web.start_service(inst.env, inst.logs)
-    wait_for_port(int(inst.env["GUNICORN_BIND"].rsplit(":", 1)[1]), timeout=60)
+    wait_for_port(int(inst.env["BOUNCER_BIND"].rsplit(":", 1)[1]), timeout=60)
     return web
+
+
+def _serving_processes(web: Unit) -> list[int]:
+    """The process ids uvicorn's supervisor reports having started."""
+    return [int(pid) for pid in re.findall(r"Started server process \[(\d+)\]", web.log())]
 
 
 def _onboard(inst: Installation, tokens: list[str]) -> ZulipServerClient:
@@ -277,6 +285,7 @@ def _onboard(inst: Installation, tokens: list[str]) -> ZulipServerClient:
     return zulip
 
 
+@pytest.mark.slow
 def test_the_units_serve_a_zulip_server_and_stop_cleanly_on_sigterm(
     installation: Installation,
 ) -> None:
@@ -298,6 +307,8 @@ def test_the_units_serve_a_zulip_server_and_stop_cleanly_on_sigterm(
 
         ready = httpx.get(f"{inst.web_url}/ready", timeout=10)
         assert ready.status_code == 200, ready.text
+        # BOUNCER_WEB_WORKERS=2: uvicorn's supervisor and its two serving processes.
+        assert wait_until(lambda: len(_serving_processes(web)) == 2, 30), web.log()
         # The admin's static files come from the web process itself (WhiteNoise).
         css = httpx.get(f"{inst.web_url}/static/admin/css/base.css", timeout=10)
         assert css.status_code == 200
@@ -323,18 +334,22 @@ def test_the_units_serve_a_zulip_server_and_stop_cleanly_on_sigterm(
         metrics = httpx.get(f"{inst.web_url}/metrics", timeout=10).text
         assert delivered_notifications(metrics) == 6, metrics
 
-        # SIGTERM while a notify waits on Apple: the request is finished, then gunicorn exits.
+        # SIGTERM while a notify waits on Apple: the request is finished, then the web exits.
         inst.apns.latency_ms = (1500, 1500)
         answers: list[httpx.Response] = []
         slow = threading.Thread(target=lambda: answers.append(zulip.notify(tokens[:1])))
         slow.start()
         assert wait_until(lambda: len(inst.apns.received) == 8, 10)
+        serving = _serving_processes(web)
         assert web.terminate() == 0, web.log()
         slow.join(timeout=30)
         assert answers[0].status_code == 200
         assert answers[0].json()["apple_successfully_sent_count"] == 1
         running.remove(web)
 
+        assert not any(Path(f"/proc/{pid}").exists() for pid in serving), (
+            "a web process outlived SIGTERM"
+        )
         for unit in [*workers, scheduler]:
             assert unit.terminate() == 0, unit.log()
             running.remove(unit)
@@ -347,6 +362,7 @@ def test_the_units_serve_a_zulip_server_and_stop_cleanly_on_sigterm(
             unit.terminate(timeout=10)
 
 
+@pytest.mark.slow
 def test_a_rolling_restart_of_the_workers_loses_and_repeats_no_delivery(
     installation: Installation,
 ) -> None:
@@ -403,6 +419,20 @@ def test_a_rolling_restart_of_the_workers_loses_and_repeats_no_delivery(
             unit.terminate(timeout=10)
 
 
+def test_every_way_of_running_the_web_runs_manage_py_serve() -> None:
+    """The systemd unit, the image and compose start the same server (interface.md section 2)."""
+    web = Unit.load("bouncer-web", paths={})
+    assert web.start == [["/opt/bouncer/.venv/bin/python", "manage.py", "serve"]]
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    assert 'CMD ["python", "manage.py", "serve"]' in dockerfile
+    compose = (ROOT / "deploy" / "compose.yaml").read_text()
+    assert '["python", "manage.py", "serve", "--bind", "0.0.0.0:8000"]' in compose
+    for path in (ROOT / "deploy").rglob("*"):
+        if path.is_file():
+            assert "gunicorn" not in path.read_text().lower(), path
+
+
+@pytest.mark.slow
 def test_the_systemd_units_pass_systemd_analyze(installed: Path, tmp_path: Path) -> None:
     for unit in UNITS.glob("*.service"):
         (tmp_path / unit.name).write_text(unit.read_text().replace("/opt/bouncer", str(installed)))
@@ -454,8 +484,8 @@ def _variables_read_by_the_code() -> set[str]:
     settings_text = (ROOT / "bouncer" / "settings.py").read_text()
     names = set(re.findall(r'env_(?:str|bool|int|float|secret)\("([A-Z0-9_]+)"', settings_text))
     names |= set(re.findall(r'os\.environ\.get\("([A-Z0-9_]+)"', settings_text))
-    gunicorn_text = (ROOT / "deploy" / "gunicorn.conf.py").read_text()
-    names |= set(re.findall(r'os\.environ\.get\("([A-Z0-9_]+)"', gunicorn_text))
+    serve_text = (ROOT / "bouncer" / "management" / "commands" / "serve.py").read_text()
+    names |= set(re.findall(r'os\.environ\.get\("([A-Z0-9_]+)"', serve_text))
     return names
 
 
@@ -468,6 +498,7 @@ def test_env_example_lists_every_variable_the_code_reads() -> None:
     assert read - listed == set()
 
 
+@pytest.mark.slow
 def test_a_unit_with_a_bad_configuration_refuses_to_start(
     installation: Installation, tmp_path: Path
 ) -> None:
@@ -478,6 +509,7 @@ def test_a_unit_with_a_bad_configuration_refuses_to_start(
         Unit.load("bouncer-worker", paths=inst.paths).start_service(env, inst.logs)
 
 
+@pytest.mark.slow
 def test_the_nginx_site_serves_the_bouncer_over_tls_and_http2(
     installation: Installation, tmp_path: Path
 ) -> None:
@@ -489,7 +521,7 @@ def test_the_nginx_site_serves_the_bouncer_over_tls_and_http2(
         str(tmp_path / "site.pem")
     )
     http_port, https_port = free_port(), free_port()
-    web_port = inst.env["GUNICORN_BIND"].rsplit(":", 1)[1]
+    web_port = inst.env["BOUNCER_BIND"].rsplit(":", 1)[1]
     site = (ROOT / "deploy" / "nginx" / "bouncer.conf").read_text()
     for old, new in {
         "/etc/letsencrypt/live/push.example.org/fullchain.pem": str(tmp_path / "site.pem"),

@@ -7,6 +7,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from bouncer.errors import BouncerError
 from registrations import services
+from registrations.models import acting_as
 
 
 class Command(BaseCommand):
@@ -19,6 +20,10 @@ class Command(BaseCommand):
         parser.add_argument("--email", required=True, help="the server administrator's address")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        with acting_as("command add_remote_server"):  # names the command in the audit log
+            self._handle(**options)
+
+    def _handle(self, **options: Any) -> None:
         try:
             services.add_server(
                 zulip_org_id=options["uuid"],

@@ -1,4 +1,7 @@
-"""`manage.py bouncer_keys generate|list|retire|import`: the bouncer's X25519 key pairs."""
+"""`manage.py bouncer_keys generate|list|retire|unretire|import`: the bouncer's X25519 key pairs.
+
+Every change is in the audit log, by "command bouncer_keys".
+"""
 
 import json
 from argparse import ArgumentParser
@@ -6,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
 
 from registrations import keys
+from registrations.models import AuditLog, BouncerKeyPair, acting_as
 
 
 class Command(BaseCommand):
@@ -25,25 +30,71 @@ class Command(BaseCommand):
         listing.add_argument("--json", action="store_true")
         retire = sub.add_parser("retire", help="refuse registrations sealed to this key from now")
         retire.add_argument("public_key")
+        retire.add_argument(
+            "--force",
+            action="store_true",
+            help="retire it even if it is the last active key (every new E2EE registration "
+            "is then refused until a key is generated or unretired)",
+        )
+        unretire = sub.add_parser(
+            "unretire", help="accept registrations sealed to a retired key again"
+        )
+        unretire.add_argument("public_key")
         imported = sub.add_parser("import", help="import Zulip's push_registration_encryption_keys")
         imported.add_argument("file", type=Path)
 
     def handle(self, *args: Any, **options: Any) -> None:
         action = options["action"]
+        actor = f"command bouncer_keys {action}" + (" --force" if options.get("force") else "")
         try:
-            if action == "generate":
-                self._generate(if_none=options["if_none"])
-            elif action == "list":
-                self._list(as_json=options["json"])
-            elif action == "retire":
-                pair = keys.retire_key(public_key=options["public_key"])
-                self.stdout.write(
-                    f"Retired {pair.public_key} at {pair.retired_at:%Y-%m-%d %H:%M:%S %Z}"
-                )
-            elif action == "import":
-                self._import(options["file"])
+            with acting_as(actor):
+                self._act(action, options)
         except keys.KeyPairError as e:
             raise CommandError(str(e)) from None
+
+    def _act(self, action: str, options: dict[str, Any]) -> None:
+        if action == "generate":
+            self._generate(if_none=options["if_none"])
+        elif action == "list":
+            self._list(as_json=options["json"])
+        elif action == "retire":
+            self._retire(options["public_key"], force=options["force"])
+        elif action == "unretire":
+            self._unretire(options["public_key"])
+        elif action == "import":
+            self._import(options["file"])
+
+    def _retire(self, public_key: str, *, force: bool) -> None:
+        active = {k.public_key for k in keys.list_keys() if k.state == "active"}
+        if active == {public_key} and not force:
+            raise CommandError(
+                f"{public_key} is the last active key: retiring it would refuse every new E2EE "
+                "registration. Generate its successor first (bouncer_keys generate), or pass "
+                "--force if that is what you want."
+            )
+        pair = keys.retire_key(public_key=public_key)
+        self.stdout.write(f"Retired {pair.public_key} at {pair.retired_at:%Y-%m-%d %H:%M:%S %Z}")
+
+    def _unretire(self, public_key: str) -> None:
+        # The inverse of keys.retire_key, for a key retired by mistake or too early: the
+        # conditional update makes a repeat change nothing and log nothing.
+        with transaction.atomic():
+            if not BouncerKeyPair.objects.filter(public_key=public_key).exists():
+                raise CommandError(f"No key pair found with public key {public_key}")
+            restored = BouncerKeyPair.objects.filter(
+                public_key=public_key, retired_at__isnull=False
+            ).update(retired_at=None)
+            if restored:
+                AuditLog.objects.create(
+                    event_type=AuditLog.Event.BOUNCER_KEY_UNRETIRED,
+                    extra_data={"public_key": public_key},
+                )
+        if restored:
+            self.stdout.write(
+                f"{public_key} is active again: registrations sealed to it are accepted"
+            )
+        else:
+            self.stdout.write(f"{public_key} is already active")
 
     def _generate(self, *, if_none: bool) -> None:
         if if_none:

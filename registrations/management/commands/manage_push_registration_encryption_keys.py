@@ -6,6 +6,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from registrations import keys
+from registrations.models import acting_as
 
 
 class Command(BaseCommand):
@@ -17,6 +18,12 @@ class Command(BaseCommand):
         group.add_argument("--remove-key", metavar="PUBLIC_KEY", help="stop accepting this key")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        with acting_as(
+            "command manage_push_registration_encryption_keys"
+        ):  # names the command in the audit log
+            self._handle(**options)
+
+    def _handle(self, **options: Any) -> None:
         if options["add"]:
             pair = keys.generate_key()
             # Zulip prints the private key too; here it is sealed in the database instead

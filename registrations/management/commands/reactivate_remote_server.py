@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from registrations import services
-from registrations.models import RemoteZulipServer
+from registrations.models import RemoteZulipServer, acting_as
 
 
 class Command(BaseCommand):
@@ -17,6 +17,10 @@ class Command(BaseCommand):
         parser.add_argument("uuid", help="the server's zulip_org_id")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        with acting_as("command reactivate_remote_server"):  # names the command in the audit log
+            self._handle(**options)
+
+    def _handle(self, **options: Any) -> None:
         try:
             server = RemoteZulipServer.objects.get(uuid=uuid.UUID(options["uuid"]))
         except (ValueError, RemoteZulipServer.DoesNotExist):
