@@ -13,9 +13,15 @@ from collections.abc import Callable, Mapping
 from enum import StrEnum
 from typing import Any
 
-from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
+from django.core.exceptions import (
+    BadRequest,
+    RequestDataTooBig,
+    SuspiciousOperation,
+    TooManyFieldsSent,
+)
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse
+from django.http.multipartparser import MultiPartParserError
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +161,14 @@ class BouncerErrorMiddleware:
             )
         if isinstance(exception, TooManyFieldsSent):
             return error_response(BouncerError("Too many parameters"))
+        if isinstance(exception, MultiPartParserError):
+            # A multipart body without a boundary, or one Django cannot parse.
+            return error_response(BouncerError("Malformed multipart/form-data body"))
+        if isinstance(exception, BadRequest | SuspiciousOperation | UnicodeDecodeError):
+            # Django's own refusals of a request (a form in a charset it cannot decode, a
+            # malformed header): the caller's fault, and nothing was done yet.
+            logger.info("Bad request on %s %s: %s", request.method, request.path, exception)
+            return error_response(BouncerError("Malformed request"))
         if is_api_path(request.path) and isinstance(exception, OperationalError | InterfaceError):
             # PostgreSQL unreachable or restarting: not a bug, and nothing was changed (each
             # request's writes are atomic). The Zulip server retries; Django reconnects by
