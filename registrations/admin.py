@@ -10,6 +10,7 @@ from django.contrib import admin, messages
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 
+from bouncer.errors import BouncerError
 from registrations import keys, services
 from registrations.models import (
     AuditLog,
@@ -80,9 +81,16 @@ class RemoteZulipServerAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Reactivate selected servers")
     def reactivate(self, request: HttpRequest, queryset: QuerySet[RemoteZulipServer]) -> None:
+        reactivated = 0
         for server in queryset:
-            services.reactivate_server(server=server)
-        self.message_user(request, f"Reactivated {queryset.count()} server(s).", messages.SUCCESS)
+            try:
+                services.reactivate_server(server=server)
+            except BouncerError as e:
+                # Another active server holds the hostname now; say so, reactivate the rest.
+                self.message_user(request, f"{server}: {e.msg}", messages.ERROR)
+                continue
+            reactivated += 1
+        self.message_user(request, f"Reactivated {reactivated} server(s).", messages.SUCCESS)
 
 
 @admin.register(RemoteRealm)
