@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export UV_PYTHON ?= 3.12
 RUN_ADDR ?= 127.0.0.1:8000
 
-.PHONY: run test check venv venv-prod lint format bench clean
+.PHONY: run test check venv venv-prod lint format bench fuzz clean
 
 $(VENV)/.synced: pyproject.toml uv.lock
 	$(UV) sync --locked
@@ -29,6 +29,13 @@ format: venv
 
 test: check
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The property suite (tests/properties/) with many more examples, drawn afresh on each run:
+# FUZZ_EXAMPLES per endpoint (the normal suite runs 200, always the same ones).
+FUZZ_EXAMPLES ?= 5000
+fuzz: venv
+	BOUNCER_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/properties -p no:cacheprovider \
+		-o timeout=0 $(PYTEST_ARGS)
 
 # The benchmark (bench/README.md): starts everything it needs, prints and saves a report.
 # BENCH_ARGS="--workloads e2ee-3 --seconds 4" for a quick look; see bench/run.py --help.
