@@ -405,3 +405,62 @@ def test_a_registration_timestamp_in_the_future_is_not_an_overflow(
         },
     )
     assert response.status_code == 200, response.content
+
+
+# --- Unread request bodies ------------------------------------------------------------------
+
+
+def exchange(port: int, body_size: int) -> bytes:
+    """A 401-bound POST with a body of `body_size` bytes, then a second request pipelined on
+    the same connection; everything the server answers until it closes or goes quiet."""
+    import socket
+
+    body = b"a=" + b"x" * (body_size - 2)
+    second = b"POST /api/v1/remotes/push/register HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    second += b"Content-Length: 0\r\n\r\n"
+    head = (
+        "POST /api/v1/remotes/push/register HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Content-Type: application/x-www-form-urlencoded\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    received = b""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(2)
+        try:
+            sock.sendall(head + body + second)
+            while chunk := sock.recv(65536):
+                received += chunk
+        except OSError:  # reset by the server while we still send, or quiet: both fine here
+            pass
+    return received
+
+
+def test_an_answer_leaving_a_large_body_unread_closes_the_connection(tmp_path: Any) -> None:
+    import os
+
+    from tests.services import WebServer
+
+    web = WebServer(env=dict(os.environ), log_path=tmp_path / "web.log").start()
+    try:
+        large = exchange(web.port, 1_000_000)
+        assert large.startswith(b"HTTP/1.1 401"), large[:300]
+        assert b"connection: close" in large.lower()
+        assert large.count(b"HTTP/1.1 ") == 1
+        # A small unread body is drained by the server; the connection stays usable.
+        small = exchange(web.port, 1000)
+        assert small.count(b"HTTP/1.1 401") == 2, small[:600]
+        assert b"connection: close" not in small.lower()
+    finally:
+        web.stop()
+
+
+def test_under_a_wsgi_server_no_hop_by_hop_header_is_set(zulip_server: ZulipServer) -> None:
+    # wsgiref (make run's runserver) answers 500 to an application's Connection header.
+    response = zulip_server.client.post(
+        API + "push/register",
+        data=json.dumps({"token": "x" * 200_000}),
+        content_type="application/json",
+        HTTP_AUTHORIZATION=zulip_server.auth,
+    )
+    assert response.status_code == 400
+    assert "Connection" not in response
