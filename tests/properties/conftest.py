@@ -7,15 +7,17 @@ The one column a refused request may change is a server's or realm's
 request before its parameters are parsed, as Zulip does.
 
 Profiles: the normal suite runs PROPERTY_EXAMPLES examples per endpoint, derandomized (the
-same examples on every run, so CI is stable) and without hypothesis's example database (the
-checkout stays clean). `make fuzz` sets BOUNCER_FUZZ_EXAMPLES, which raises the number and
-draws new random examples on each run.
+same examples on every run, so CI is stable) and without hypothesis's example database.
+`make fuzz` sets BOUNCER_FUZZ_EXAMPLES, which raises the number and draws new random
+examples on each run.
 """
 
 import json
 import os
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import hypothesis
@@ -24,6 +26,7 @@ from _pytest.terminal import TerminalReporter
 from django.db.models import Model
 from django.test import Client
 from hypothesis import HealthCheck
+from hypothesis.configuration import set_hypothesis_home_dir
 from pytest_django.fixtures import Settings
 
 from legacy.models import RemotePushDeviceToken
@@ -37,6 +40,11 @@ from registrations.models import (
 from tests.conftest import API
 from tests.properties.strategies import Request
 from tests.registrations.conftest import clear_address_windows
+
+# Hypothesis keeps caches (constants, Unicode tables) where its example database would be:
+# outside the checkout, so that running the suite leaves nothing in it, and in the same place
+# on every run, since rebuilding the Unicode tables costs half a minute.
+set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "bouncer-hypothesis")
 
 PROPERTY_EXAMPLES = 200
 FUZZ_EXAMPLES = int(os.environ.get("BOUNCER_FUZZ_EXAMPLES") or 0)
