@@ -464,3 +464,16 @@ def test_under_a_wsgi_server_no_hop_by_hop_header_is_set(zulip_server: ZulipServ
     )
     assert response.status_code == 400
     assert "Connection" not in response
+
+
+def test_the_admin_reactivates_no_server_onto_a_taken_hostname(
+    admin_client: Client, zulip_server: ZulipServer
+) -> None:
+    url = "/admin/registrations/remotezulipserver/"
+    admin_client.post(url, {"action": "deactivate", "_selected_action": [zulip_server.row.pk]})
+    make_server(hostname=zulip_server.row.hostname)
+    response = admin_client.post(
+        url, {"action": "reactivate", "_selected_action": [zulip_server.row.pk]}, follow=True
+    )
+    assert "already exists" in response.content.decode()
+    assert RemoteZulipServer.objects.get(pk=zulip_server.row.pk).deactivated
