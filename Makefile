@@ -8,7 +8,7 @@ export UV_PYTHON ?= 3.12
 RUN_ADDR ?= 127.0.0.1:8000
 RUN_URL = http://$(subst 0.0.0.0,127.0.0.1,$(RUN_ADDR))
 
-.PHONY: run demo test test-fast system-packages check venv venv-run format bench clean
+.PHONY: run demo test test-fast system-packages check venv venv-run format bench fuzz clean
 
 # The development environment: runtime and dev dependencies (tests, lint, types).
 $(VENV)/.synced: pyproject.toml uv.lock
@@ -59,6 +59,13 @@ test: system-packages check
 # The suite without the tests marked slow (processes, installs, browsers): a quick loop.
 test-fast: system-packages check
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# The property suite (tests/properties/) with many more examples, drawn afresh on each run:
+# FUZZ_EXAMPLES per endpoint (the normal suite runs 200, always the same ones).
+FUZZ_EXAMPLES ?= 5000
+fuzz: venv
+	BOUNCER_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/properties -p no:cacheprovider \
+		-o timeout=0 $(PYTEST_ARGS)
 
 # The benchmark (bench/README.md): starts everything it needs, prints and saves a report.
 # BENCH_ARGS="--workloads e2ee-3 --seconds 4" for a quick look; see bench/run.py --help.

@@ -13,9 +13,16 @@ from collections.abc import Callable, Mapping
 from enum import StrEnum
 from typing import Any
 
-from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
+from django.core.exceptions import (
+    BadRequest,
+    RequestDataTooBig,
+    SuspiciousOperation,
+    TooManyFieldsSent,
+)
+from django.core.handlers.wsgi import LimitedStream
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse
+from django.http.multipartparser import MultiPartParserError
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +139,24 @@ def success_response(data: Mapping[str, Any] | None = None) -> HttpResponse:
     return HttpResponse(success_body(data), status=200, content_type="application/json")
 
 
+# An answer that leaves more of the request body unread than this closes the connection.
+# The server (uvicorn) would otherwise read and discard whatever the client still sends, of
+# any size, to keep the connection alive: a 401 to a 1 GB upload would cost the whole gigabyte.
+# Below it, the server's own draining is cheaper than a new connection. Only under the ASGI
+# server (a2wsgi puts "asgi.scope" in the environ and passes the header on): WSGI servers
+# refuse hop-by-hop headers from the application (wsgiref, under runserver, answers 500) and
+# drain or close by themselves.
+UNREAD_BODY_CLOSE_BYTES = 64 * 1024
+
+
+def unread_body_bytes(request: HttpRequest) -> int:
+    """How much of the declared request body the application has not read."""
+    stream = getattr(request, "_stream", None)
+    if isinstance(stream, LimitedStream):
+        return max(0, int(stream.limit) - int(getattr(stream, "_pos", 0)))
+    return 0
+
+
 def is_api_path(path: str) -> bool:
     return path.startswith("/api/")
 
@@ -143,7 +168,12 @@ class BouncerErrorMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        response = self.get_response(request)
+        response = self._envelope(request, self.get_response(request))
+        if "asgi.scope" in request.META and unread_body_bytes(request) > UNREAD_BODY_CLOSE_BYTES:
+            response["Connection"] = "close"
+        return response
+
+    def _envelope(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
         if is_api_path(request.path) and response.status_code in (404, 405):
             if response.get("Content-Type", "").startswith("application/json"):
                 return response
@@ -169,6 +199,14 @@ class BouncerErrorMiddleware:
             )
         if isinstance(exception, TooManyFieldsSent):
             return error_response(BouncerError("Too many parameters"))
+        if isinstance(exception, MultiPartParserError):
+            # A multipart body without a boundary, or one Django cannot parse.
+            return error_response(BouncerError("Malformed multipart/form-data body"))
+        if isinstance(exception, BadRequest | SuspiciousOperation | UnicodeDecodeError):
+            # Django's own refusals of a request (a form in a charset it cannot decode, a
+            # malformed header): the caller's fault, and nothing was done yet.
+            logger.info("Bad request on %s %s: %s", request.method, request.path, exception)
+            return error_response(BouncerError("Malformed request"))
         if is_api_path(request.path) and isinstance(exception, OperationalError | InterfaceError):
             # PostgreSQL unreachable or restarting: not a bug, and nothing was changed (each
             # request's writes are atomic). The Zulip server retries; Django reconnects by

@@ -211,8 +211,10 @@ STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "static")))
 # Zulip servers send small forms; analytics uploads are the largest bodies.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 10 * 1024 * 1024)
 
-# Behind a TLS-terminating proxy (deploy/nginx) the original scheme arrives in a header.
-if env_bool("BOUNCER_BEHIND_PROXY", False):
+# Behind a TLS-terminating proxy (deploy/nginx) the original scheme arrives in a header, and
+# the client's address in the last X-Forwarded-For entry (registrations/ratelimit.py).
+BOUNCER_BEHIND_PROXY = env_bool("BOUNCER_BEHIND_PROXY", False)
+if BOUNCER_BEHIND_PROXY:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     # The admin is reached over HTTPS only, through the proxy.
     SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
@@ -226,20 +228,35 @@ BOUNCER_OPEN_REGISTRATION = env_bool("BOUNCER_OPEN_REGISTRATION", True)
 BOUNCER_CHECK_EMAIL_DNS = env_bool("BOUNCER_CHECK_EMAIL_DNS", False)
 
 
-def _rate_limit(raw: str) -> tuple[int, int]:
+def _rate_limit(raw: str, name: str = "BOUNCER_RATE_LIMIT") -> tuple[int, int]:
     try:
         requests, seconds = (int(part) for part in raw.split("/"))
     except ValueError:
         raise ImproperlyConfigured(
-            f"BOUNCER_RATE_LIMIT must be REQUESTS/SECONDS, e.g. 1000/60, not {raw!r}"
+            f"{name} must be REQUESTS/SECONDS, e.g. 1000/60, not {raw!r}"
         ) from None
     if requests < 1 or seconds < 1:
-        raise ImproperlyConfigured("BOUNCER_RATE_LIMIT needs positive numbers")
+        raise ImproperlyConfigured(f"{name} needs positive numbers")
     return requests, seconds
 
 
 # Zulip's api_by_remote_server rule: (requests, seconds) per remote server.
 BOUNCER_RATE_LIMIT = _rate_limit(env_str("BOUNCER_RATE_LIMIT", "1000/60"))
+# Per source address: the unauthenticated register, transfer and verify_challenge together.
+BOUNCER_ANONYMOUS_RATE_LIMIT = _rate_limit(
+    env_str("BOUNCER_ANONYMOUS_RATE_LIMIT", "60/60"), "BOUNCER_ANONYMOUS_RATE_LIMIT"
+)
+# verify_challenge makes the bouncer fetch a URL: per source address and per hostname.
+BOUNCER_VERIFY_RATE_LIMIT = _rate_limit(
+    env_str("BOUNCER_VERIFY_RATE_LIMIT", "10/60"), "BOUNCER_VERIFY_RATE_LIMIT"
+)
+# Failed authentications per source address; past it the address gets 429 until the window ends.
+BOUNCER_AUTH_FAILURE_RATE_LIMIT = _rate_limit(
+    env_str("BOUNCER_AUTH_FAILURE_RATE_LIMIT", "100/60"), "BOUNCER_AUTH_FAILURE_RATE_LIMIT"
+)
+# Transfer verification fetches https://<hostname>/...: loopback, private, link-local and other
+# non-public addresses are refused unless this is true (tests, a bouncer on a private network).
+BOUNCER_TRANSFER_ALLOW_PRIVATE_HOSTS = env_bool("BOUNCER_TRANSFER_ALLOW_PRIVATE_HOSTS", False)
 
 # How long a notify waits for Apple and Google; what is unanswered by then is retried later.
 NOTIFY_WAIT_SECONDS = env_float("NOTIFY_WAIT_SECONDS", 10.0)

@@ -7,10 +7,10 @@ Spec: zulip-delivery.md sections 2-4.
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, Tag
+from pydantic import AfterValidator, ConfigDict, Discriminator, Field, Tag
 
 from bouncer.errors import BouncerError
-from bouncer.params import Params
+from bouncer.params import Params, encodable
 
 # Zulip keeps the newest 200 message ids in a removal notification.
 MAX_REMOVED_MESSAGE_IDS = 200
@@ -27,25 +27,32 @@ ApnsPushType = Literal[
 
 # --- Legacy notify -------------------------------------------------------------------------
 
+# A payload the bouncer can send: no lone surrogate (no UTF-8 encoding exists, so the send
+# would fail after the request was accepted), no NUL, no non-finite number, bounded depth.
+Payload = Annotated[dict[str, Any], AfterValidator(encodable)]
+
 
 class LegacyNotifyParams(Params):
     user_id: int | None = None
     user_uuid: str | None = None
     realm_uuid: str | None = None
-    gcm_payload: dict[str, Any] = Field(default_factory=dict)
-    apns_payload: dict[str, Any] = Field(default_factory=dict)
-    gcm_options: dict[str, Any] = Field(default_factory=dict)
+    gcm_payload: Payload = Field(default_factory=dict)
+    apns_payload: Payload = Field(default_factory=dict)
+    gcm_options: Payload = Field(default_factory=dict)
     android_devices: list[str] = Field(default_factory=list)
     apple_devices: list[str] = Field(default_factory=list)
 
 
 class TestNotificationParams(Params):
+    # Zulip's TestNotificationPayload forbids keys it does not know (400).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
     token: str
     token_kind: int
     user_id: int | None = None
     user_uuid: str | None = None
     realm_uuid: str | None = None
-    base_payload: dict[str, Any] = Field(default_factory=dict)
+    base_payload: Payload = Field(default_factory=dict)
 
 
 def truncate_removal(payload: dict[str, Any]) -> dict[str, Any]:

@@ -11,11 +11,17 @@ from bouncer.errors import BouncerError
 from legacy.models import RemotePushDeviceToken
 from registrations.models import TOKEN_MAX_LENGTH, RemoteRealm, RemoteZulipServer
 from registrations.realms import find_realm
-from registrations.sealing import APNS_APP_ID_RE
+from registrations.sealing import APNS_APP_ID_RE, token_format_error
 
 logger = logging.getLogger(__name__)
 
 Kind = RemotePushDeviceToken.Kind
+
+# The most legacy tokens one user (of one server, by user id or uuid) may have: a phone has
+# one, a user a few phones; past this a registration is refused (400) instead of letting one
+# server grow a user's notify fan-out without bound. A token the user already has is
+# re-registered as usual.
+MAX_TOKENS_PER_USER = 100
 
 
 def validate_token(token: str, kind: int) -> None:
@@ -24,11 +30,10 @@ def validate_token(token: str, kind: int) -> None:
         raise BouncerError("Invalid token type")
     if not token or len(token) > TOKEN_MAX_LENGTH:
         raise BouncerError("Empty or invalid length token")
-    if kind == Kind.APNS:
-        try:
-            bytes.fromhex(token)
-        except ValueError:
-            raise BouncerError("Invalid APNS token") from None
+    if kind == Kind.APNS and token_format_error(token, "apns") is not None:
+        raise BouncerError("Invalid APNS token")
+    if kind == Kind.FCM and token_format_error(token, "fcm") is not None:
+        raise BouncerError("Invalid FCM token")
 
 
 def validate_ios_app_id(ios_app_id: str | None) -> None:
@@ -91,6 +96,14 @@ def register_token(
     parsed_uuid = parse_user_uuid(user_uuid)
     realm = _realm(server=server, realm_uuid=realm_uuid, user_uuid=parsed_uuid)
     with transaction.atomic():
+        users_tokens = RemotePushDeviceToken.objects.filter(server=server).filter(
+            user_match(user_id=user_id, user_uuid=parsed_uuid)
+        )
+        if (
+            users_tokens.count() >= MAX_TOKENS_PER_USER
+            and not users_tokens.filter(token_match(token, kind)).exists()
+        ):
+            raise BouncerError(f"Too many push tokens for this user (limit: {MAX_TOKENS_PER_USER})")
         if user_id is not None and parsed_uuid is not None:
             # Both identities: the uuid-only row replaces any id-only row (Zulip's rule).
             RemotePushDeviceToken.objects.filter(server=server, user_id=user_id).filter(

@@ -1,18 +1,21 @@
 """Legacy token endpoints: register, unregister, unregister/all (form-encoded, authenticated)."""
 
+from typing import Annotated
+
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 from pydantic import Field
 
 from bouncer.errors import success_response
-from bouncer.params import Params, parse_form, with_ignored
+from bouncer.params import INT64_MAX, Params, parse_form, with_ignored
 from legacy import services
 from registrations.auth import authenticate_server
 
 
 class UserParams(Params):
-    user_id: int | None = None
+    # RemotePushDeviceToken.user_id is a bigint; Zulip's user ids are positive.
+    user_id: Annotated[int, Field(ge=0, le=INT64_MAX)] | None = None
     user_uuid: str | None = Field(default=None, max_length=64)
     realm_uuid: str | None = Field(default=None, max_length=64)
 

@@ -19,6 +19,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
+from bouncer.errors import BouncerError
 from registrations import keys, services
 from registrations.models import (
     AuditLog,
@@ -231,13 +232,21 @@ class RemoteZulipServerAdmin(ReadOnlyAdmin):
                     "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
                 },
             )
+        changed = 0
         with acting_as(admin_actor(request)):
             for server in affected:
                 if deactivate:
                     services.deactivate_server(server=server)
-                else:
+                    changed += 1
+                    continue
+                try:
                     services.reactivate_server(server=server)
-        self.message_user(request, f"{verb}d {len(affected)} server(s).", messages.SUCCESS)
+                except BouncerError as e:
+                    # Another active server holds the hostname now; say so, do the rest.
+                    self.message_user(request, f"{server}: {e.msg}", messages.ERROR)
+                    continue
+                changed += 1
+        self.message_user(request, f"{verb}d {changed} server(s).", messages.SUCCESS)
         return None
 
 

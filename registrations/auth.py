@@ -2,8 +2,10 @@
 
 import base64
 import binascii
+import logging
 import uuid
 
+from django.conf import settings
 from django.http import HttpRequest
 
 from bouncer import rows
@@ -12,6 +14,8 @@ from registrations import lookups, ratelimit
 from registrations.lookups import ServerInfo
 from registrations.models import RemoteZulipServer
 from registrations.realms import touch_last_request
+
+logger = logging.getLogger(__name__)
 
 DEACTIVATED_MESSAGE = (
     "The mobile push notification service registration for your server has been deactivated"
@@ -56,7 +60,30 @@ def find_server(role: str) -> RemoteZulipServer | None:
 
 
 def authenticate_server(request: HttpRequest) -> RemoteZulipServer:
-    """The server a request comes from, or the 400/401/429 Zulip answers instead."""
+    """The server a request comes from, or the 400/401/429 Zulip answers instead.
+
+    Failed authentications are counted per source address; past
+    BOUNCER_AUTH_FAILURE_RATE_LIMIT a failure is answered 429 instead of 401 until the window
+    ends. Only failures are counted, so a successful request costs no extra round trip to
+    Redis, and a server that shares its address with a guesser keeps working."""
+    try:
+        server = _authenticate(request)
+    except BouncerError as e:
+        if e.status == 401:
+            address = ratelimit.client_address(request)
+            verdict = ratelimit.hit(
+                f"auth_failures:{address}", limit=settings.BOUNCER_AUTH_FAILURE_RATE_LIMIT
+            )
+            if not verdict.allowed:
+                logger.warning("Authentication failures from %s past the limit", address)
+                raise ratelimit.rate_limited(verdict.retry_after) from None
+        raise
+    ratelimit.enforce(f"server:{server.pk}")
+    touch_last_request(server)
+    return server
+
+
+def _authenticate(request: HttpRequest) -> RemoteZulipServer:
     role, api_key = _credentials(request)
     if "@" in role:
         raise BouncerError("Must validate with valid Zulip server API key")
@@ -67,8 +94,6 @@ def authenticate_server(request: HttpRequest) -> RemoteZulipServer:
         raise unauthorized(key_mismatch_message(role))
     if server.deactivated:
         raise unauthorized(DEACTIVATED_MESSAGE)
-    ratelimit.enforce(f"server:{server.pk}")
-    touch_last_request(server)
     return server
 
 

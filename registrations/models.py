@@ -64,6 +64,15 @@ class RemoteZulipServer(models.Model):
 
     class Meta:
         verbose_name = "remote Zulip server"
+        constraints = [
+            # Zulip's rule: a hostname belongs to one active server; deactivated servers keep
+            # theirs for the record, and a new registration may take it over.
+            models.UniqueConstraint(
+                fields=["hostname"],
+                condition=models.Q(deactivated=False),
+                name="unique_active_server_hostname",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.hostname} ({self.uuid})"

@@ -18,7 +18,11 @@ from nacl.public import PrivateKey, PublicKey, SealedBox
 from nacl.secret import SecretBox
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-APNS_APP_ID_RE = re.compile(r"^[.a-zA-Z0-9-]+$")
+# \Z, not $: $ also matches before a trailing newline, which would reach the apns-topic header.
+APNS_APP_ID_RE = re.compile(r"^[.a-zA-Z0-9-]+\Z")
+# bytes.fromhex would also take spaces between the hex pairs; a token is sent in a URL path
+# (APNs) or a JSON body, and must never carry whitespace or line breaks there.
+APNS_TOKEN_RE = re.compile(r"^[0-9a-fA-F]+\Z")
 TOKEN_MAX_LENGTH = 4096
 # A sealed PushRegistration is a few hundred bytes; anything far larger is not one.
 MAX_SEALED_LENGTH = 16 * 1024
@@ -83,6 +87,17 @@ def token_id_b64(token_id: int) -> str:
     return b64encode(token_id.to_bytes(8, "big", signed=True))
 
 
+def token_format_error(token: str, kind: Literal["apns", "fcm"]) -> str | None:
+    """Why a device token cannot be one, or None: APNs tokens are hex; no token of either kind
+    holds whitespace, line breaks or other control characters (they would reach a header or
+    the request path sent to APNs, or FCM's JSON, as they are)."""
+    if kind == "apns":
+        return None if APNS_TOKEN_RE.match(token) else "APNs tokens are hex"
+    if not token.isprintable() or any(c.isspace() for c in token):
+        return "FCM tokens hold no whitespace or control characters"
+    return None
+
+
 # --- PushRegistration --------------------------------------------------------------------------
 
 
@@ -94,19 +109,19 @@ class PushRegistration(BaseModel):
     token: str = Field(min_length=1, max_length=TOKEN_MAX_LENGTH)
     token_kind: Literal["apns", "fcm"]
     ios_app_id: str | None = None
-    timestamp: int
+    # Seconds since the epoch; bounded so that arithmetic on it never overflows a float.
+    timestamp: int = Field(ge=0, le=2**53)
 
     @model_validator(mode="after")
     def check_kind_rules(self) -> Self:
         if self.token_kind == "apns":
             if self.ios_app_id is None or not APNS_APP_ID_RE.match(self.ios_app_id):
                 raise ValueError("APNs registrations need a valid ios_app_id")
-            try:
-                bytes.fromhex(self.token)
-            except ValueError:
-                raise ValueError("APNs tokens are hex") from None
         elif self.ios_app_id is not None:
             raise ValueError("FCM registrations have no ios_app_id")
+        error = token_format_error(self.token, self.token_kind)
+        if error is not None:
+            raise ValueError(error)
         return self
 
 

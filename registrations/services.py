@@ -33,7 +33,11 @@ EMAIL_DNS_TIMEOUT_SECONDS = 3.0
 
 def validate_hostname(hostname: str) -> None:
     """Zulip's check: a bare host (and optional port), nothing else."""
-    parts = urlsplit("http://" + hostname)
+    try:
+        parts = urlsplit("http://" + hostname)
+    except ValueError:
+        # urlsplit's own refusals: an unbalanced or empty IPv6 literal ("[]", "[1]").
+        raise BouncerError(f"{hostname} is not a valid hostname") from None
     if parts.path or parts.query or parts.fragment:
         raise BouncerError(f"{hostname} contains invalid components (e.g., path, query, fragment).")
     try:
@@ -160,12 +164,8 @@ def _register(
                     code=ErrorCode.REGISTRATION_CLOSED,
                     status=403,
                 )
-            if RemoteZulipServer.objects.filter(hostname=hostname).exists():
-                raise BouncerError(
-                    f"A server with hostname {hostname} already exists",
-                    code=ErrorCode.HOSTNAME_ALREADY_IN_USE_BOUNCER_ERROR,
-                    data={"hostname": hostname},
-                )
+            if hostname_in_use(hostname):
+                raise hostname_already_in_use(hostname)
             server = RemoteZulipServer(
                 uuid=server_uuid, hostname=hostname, contact_email=contact_email
             )
@@ -190,6 +190,10 @@ def _register(
             for name, value in (("hostname", hostname), ("contact_email", contact_email))
             if getattr(server, name) != value
         }
+        if "hostname" in changed and hostname_in_use(hostname, other_than=server):
+            # A server may not take over another active server's hostname by renaming itself
+            # (transfer is the way to prove it owns it).
+            raise hostname_already_in_use(hostname)
         server.hostname = hostname
         server.contact_email = contact_email
         server.last_request_datetime = datetime.now(UTC)
@@ -205,6 +209,23 @@ def _register(
         return RegisterResult(created=False)
 
 
+def hostname_in_use(hostname: str, *, other_than: RemoteZulipServer | None = None) -> bool:
+    """Whether an active server has this hostname; deactivated ones no longer hold it (Zulip's
+    rule; the database's unique_active_server_hostname enforces it)."""
+    servers = RemoteZulipServer.objects.filter(hostname=hostname, deactivated=False)
+    if other_than is not None:
+        servers = servers.exclude(pk=other_than.pk)
+    return servers.exists()
+
+
+def hostname_already_in_use(hostname: str) -> BouncerError:
+    return BouncerError(
+        f"A server with hostname {hostname} already exists",
+        code=ErrorCode.HOSTNAME_ALREADY_IN_USE_BOUNCER_ERROR,
+        data={"hostname": hostname},
+    )
+
+
 def add_server(*, zulip_org_id: str, key: str, hostname: str, contact_email: str) -> None:
     """An operator pre-registers a server (needed when registration is closed)."""
     validate_hostname(hostname)
@@ -215,6 +236,8 @@ def add_server(*, zulip_org_id: str, key: str, hostname: str, contact_email: str
     with transaction.atomic():
         if RemoteZulipServer.objects.filter(uuid=server_uuid).exists():
             raise BouncerError(f"A server with zulip_org_id {server_uuid} already exists")
+        if hostname_in_use(hostname):
+            raise hostname_already_in_use(hostname)
         server = RemoteZulipServer(uuid=server_uuid, hostname=hostname, contact_email=contact_email)
         server.set_api_key(key)
         server.save()
@@ -226,6 +249,9 @@ def deactivate_server(*, server: RemoteZulipServer) -> None:
 
 
 def reactivate_server(*, server: RemoteZulipServer) -> None:
+    """Raises BouncerError when another active server has taken the hostname meanwhile."""
+    if hostname_in_use(server.hostname, other_than=server):
+        raise hostname_already_in_use(server.hostname)
     _set_deactivated(server, deactivated=False, event=AuditLog.Event.REMOTE_SERVER_REACTIVATED)
 
 
@@ -297,6 +323,7 @@ def upload_analytics(
 ) -> dict[str, Any]:
     """Store what the bouncer needs of an analytics upload; answer each realm's push status."""
     realm_rows = realms or []
+    # Realm uuids arrive canonical (registrations/analytics.py), so one realm is one key.
     by_uuid = {str(row["uuid"]): row for row in realm_rows}
     with transaction.atomic():
         locked = RemoteZulipServer.objects.select_for_update().get(pk=server.pk)

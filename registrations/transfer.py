@@ -7,9 +7,15 @@ from there and, when it matches, issues a new API key.
 
 import base64
 import binascii
+import ipaddress
 import logging
 import re
+import socket
 import ssl
+import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from urllib.parse import urlsplit
 
 import httpx
 from django.conf import settings
@@ -17,6 +23,7 @@ from django.core import signing
 from django.db import transaction
 
 from bouncer.errors import BouncerError
+from bouncer.params import loads
 from registrations import ratelimit
 from registrations.models import AuditLog, RemoteZulipServer
 from registrations.services import new_api_key, validate_hostname
@@ -25,11 +32,23 @@ logger = logging.getLogger(__name__)
 
 SALT = "remote_server_transfer"
 SECRET_MAX_AGE_SECONDS = 10
-FETCH_TIMEOUT_SECONDS = 5.0
-FETCH_ATTEMPTS = 3
-# Zulip's global limit on verify_challenge: each call makes the bouncer fetch a URL.
-VERIFY_RATE_LIMIT = (10, 60)
-ACCESS_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
+# One deadline for the whole fetch (name resolution, connection, TLS, answer): a Zulip server
+# answers at once, and a request thread must not wait on a slow or hostile host.
+FETCH_DEADLINE_SECONDS = 4.0
+# The answer is a JSON envelope around a ~150-character secret.
+FETCH_BODY_LIMIT_BYTES = 4096
+# \Z, not $: $ also matches before a trailing newline, which would end up in the URL.
+ACCESS_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{1,256}\Z")
+
+# Zulip's messages: the same few words whatever happened, so that the endpoint tells a caller
+# nothing about hosts or networks beyond "it did not work"; the log has the details.
+CONNECTION_ERROR = "Connection error occurred while communicating with the host."
+TLS_ERROR = "SSL error occurred while communicating with the host."
+TIMEOUT_ERROR = "The request timed out while communicating with the host."
+
+# Name resolution has no timeout of its own; it runs here so the deadline covers it. A few
+# threads: a resolver that hangs for everyone makes later calls time out, not pile up threads.
+_resolver = ThreadPoolExecutor(max_workers=4, thread_name_prefix="transfer-dns")
 
 
 def _signer() -> signing.TimestampSigner:
@@ -38,7 +57,8 @@ def _signer() -> signing.TimestampSigner:
 
 def prepare_transfer(*, hostname: str) -> str:
     validate_hostname(hostname)
-    if not RemoteZulipServer.objects.filter(hostname=hostname).exists():
+    # Deactivated servers no longer hold their hostname (Zulip's rule).
+    if not RemoteZulipServer.objects.filter(hostname=hostname, deactivated=False).exists():
         raise BouncerError(f"{hostname} not yet registered")
     return base64.b16encode(_signer().sign(hostname).encode()).decode()
 
@@ -67,40 +87,134 @@ def _client_context() -> ssl.SSLContext:
     return context
 
 
+class FetchFailed(Exception):
+    """The secret could not be fetched; `msg` is what the caller is told."""
+
+    def __init__(self, msg: str, detail: str) -> None:
+        super().__init__(detail)
+        self.msg = msg
+
+
+def _remaining(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise FetchFailed(TIMEOUT_ERROR, "deadline passed")
+    return left
+
+
+def _address(host: str, port: int, deadline: float) -> str:
+    """The address to connect to: the first the name resolves to, all of them public unless
+    BOUNCER_TRANSFER_ALLOW_PRIVATE_HOSTS (else any host could make the bouncer fetch from its
+    own network). Connecting to the checked address, not the name again, means a second
+    resolution cannot point elsewhere."""
+    future = _resolver.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+    try:
+        infos = future.result(timeout=_remaining(deadline))
+    except FutureTimeout:
+        raise FetchFailed(TIMEOUT_ERROR, "name resolution timed out") from None
+    except (OSError, UnicodeError) as e:
+        raise FetchFailed(CONNECTION_ERROR, f"name resolution failed: {e}") from None
+    addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
+    if not addresses:
+        raise FetchFailed(CONNECTION_ERROR, "no address")
+    if not settings.BOUNCER_TRANSFER_ALLOW_PRIVATE_HOSTS:
+        refused = [a for a in addresses if not a.is_global or a.is_multicast]
+        if refused:
+            raise FetchFailed(CONNECTION_ERROR, f"non-public address {refused[0]} refused")
+    return str(addresses[0])
+
+
 def _fetch_secret(hostname: str, access_token: str) -> object:
-    url = f"https://{hostname}/api/v1/zulip-services/verify/{access_token}/"
-    transport = httpx.HTTPTransport(verify=_client_context(), retries=FETCH_ATTEMPTS - 1)
     try:
-        with httpx.Client(transport=transport, timeout=FETCH_TIMEOUT_SECONDS) as client:
-            response = client.get(url)
-    except httpx.TimeoutException:
-        raise BouncerError(f"Timed out while connecting to {hostname}") from None
+        return _fetch(hostname, access_token)
+    except FetchFailed as e:
+        logger.info("Transfer verification of %s failed: %s", hostname, e)
+        raise BouncerError(e.msg) from None
+
+
+def _fetch(hostname: str, access_token: str) -> object:
+    deadline = time.monotonic() + FETCH_DEADLINE_SECONDS
+    try:
+        parts = urlsplit(f"https://{hostname}")
+        host, port = parts.hostname, parts.port or 443
+    except ValueError as e:
+        raise FetchFailed(CONNECTION_ERROR, f"unusable hostname: {e}") from None
+    if not host:
+        raise FetchFailed(CONNECTION_ERROR, "no host")
+    address = _address(host, port, deadline)
+    literal = f"[{address}]" if ":" in address else address
+    path = f"/api/v1/zulip-services/verify/{access_token}/"
+    try:
+        # No retries and no redirects: one answer from the host itself, within the deadline.
+        with httpx.Client(
+            verify=_client_context(), timeout=_remaining(deadline), follow_redirects=False
+        ) as client:
+            request = client.build_request(
+                "GET",
+                f"https://{literal}:{port}{path}",
+                headers={"Host": hostname},
+                # TLS names the host (SNI) and the certificate is checked against it, while
+                # the connection goes to the address checked above.
+                extensions={"sni_hostname": host},
+            )
+            response = client.send(request, stream=True)
+            try:
+                body = _read_capped(response, deadline)
+            finally:
+                response.close()
+    except httpx.TimeoutException as e:
+        raise FetchFailed(TIMEOUT_ERROR, repr(e)) from None
+    except httpx.ConnectError as e:
+        tls = isinstance(e.__context__, ssl.SSLError) or "SSL" in str(e)
+        raise FetchFailed(TLS_ERROR if tls else CONNECTION_ERROR, repr(e)) from None
     except httpx.HTTPError as e:
-        # TLS failures are ConnectError too; their text says which certificate check failed.
-        raise BouncerError(f"Error connecting to {hostname}: {e}") from None
+        raise FetchFailed(CONNECTION_ERROR, repr(e)) from None
     try:
-        body = response.json()
+        parsed = loads(body)
     except ValueError:
-        body = None
+        parsed = None
     if response.status_code != 200:
         if (
-            isinstance(body, dict)
-            and body.get("code") == "REMOTE_SERVER_VERIFICATION_SECRET_NOT_PREPARED"
+            isinstance(parsed, dict)
+            and parsed.get("code") == "REMOTE_SERVER_VERIFICATION_SECRET_NOT_PREPARED"
         ):
             raise BouncerError("The host reported it has no verification secret.")
-        raise BouncerError(f"Error response received from {hostname}: {response.status_code}")
-    if not isinstance(body, dict):
+        raise FetchFailed(
+            f"Error response received from the host: {response.status_code}",
+            f"status {response.status_code}",
+        )
+    if not isinstance(parsed, dict):
         raise BouncerError("The verification secret is malformed")
-    return body.get("verification_secret")
+    return parsed.get("verification_secret")
 
 
-def verify_transfer(*, hostname: str, access_token: str) -> tuple[str, str]:
-    """Fetch and check the secret; on success the server gets a new key: (uuid, key)."""
-    ratelimit.enforce("verify_challenge", limit=VERIFY_RATE_LIMIT)
+def _read_capped(response: httpx.Response, deadline: float) -> bytes:
+    body = b""
+    for chunk in response.iter_raw():
+        body += chunk
+        if len(body) > FETCH_BODY_LIMIT_BYTES:
+            raise FetchFailed(CONNECTION_ERROR, "answer larger than the limit")
+        _remaining(deadline)
+    return body
+
+
+def verify_rate_limit(*, address: str, hostname: str) -> None:
+    """Each verification makes the bouncer fetch a URL: limited per source address and per
+    hostname, so that one caller can neither use the bouncer against a host nor use up
+    everyone's verifications (a single limit for all callers did both)."""
+    limit = settings.BOUNCER_VERIFY_RATE_LIMIT
+    ratelimit.enforce(f"verify_challenge:address:{address}", limit=limit)
+    ratelimit.enforce(f"verify_challenge:hostname:{ratelimit.digest(hostname)}", limit=limit)
+
+
+def verify_transfer(*, hostname: str, access_token: str, address: str) -> tuple[str, str]:
+    """Fetch and check the secret; on success the active server with this hostname gets a new
+    key: (uuid, key)."""
     validate_hostname(hostname)
+    verify_rate_limit(address=address, hostname=hostname)
     if not ACCESS_TOKEN_RE.match(access_token):
         raise BouncerError("Invalid access_token")
-    if not RemoteZulipServer.objects.filter(hostname=hostname).exists():
+    if not RemoteZulipServer.objects.filter(hostname=hostname, deactivated=False).exists():
         raise BouncerError("Registration not found for this hostname")
     _check_secret(_fetch_secret(hostname, access_token), hostname)
 
@@ -108,8 +222,7 @@ def verify_transfer(*, hostname: str, access_token: str) -> tuple[str, str]:
     with transaction.atomic():
         server = (
             RemoteZulipServer.objects.select_for_update()
-            .filter(hostname=hostname)
-            .order_by("id")
+            .filter(hostname=hostname, deactivated=False)
             .first()
         )
         if server is None:

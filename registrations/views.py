@@ -5,11 +5,12 @@ from typing import Annotated, Any
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from bouncer.errors import BouncerError, success_response
 from bouncer.params import JSON_TEXT, Params, parse_form, parse_json, with_ignored
-from registrations import services, transfer
+from registrations import ratelimit, services, transfer
+from registrations.analytics import MAX_REALMS_PER_UPLOAD, AuditLogRow, CountRow, RealmRow
 from registrations.auth import authenticate_server
 from registrations.models import API_KEY_LENGTH, HOSTNAME_MAX_LENGTH, UUID_LENGTH
 
@@ -30,6 +31,7 @@ def _fixed_length(name: str, value: str | None, length: int) -> None:
 @csrf_exempt
 @require_POST
 def register_server(request: HttpRequest) -> HttpResponse:
+    ratelimit.enforce_anonymous(request)
     params, ignored = parse_form(request, RegisterParams)
     _fixed_length("zulip_org_id", params.zulip_org_id, UUID_LENGTH)
     _fixed_length("zulip_org_key", params.zulip_org_key, API_KEY_LENGTH)
@@ -51,6 +53,7 @@ class TransferParams(Params):
 @csrf_exempt
 @require_POST
 def transfer_registration(request: HttpRequest) -> HttpResponse:
+    ratelimit.enforce_anonymous(request)
     params, ignored = parse_form(request, TransferParams)
     secret = transfer.prepare_transfer(hostname=params.hostname)
     return success_response(with_ignored({"verification_secret": secret}, ignored))
@@ -64,9 +67,12 @@ class VerifyParams(Params):
 @csrf_exempt
 @require_POST
 def verify_transfer_challenge(request: HttpRequest) -> HttpResponse:
+    ratelimit.enforce_anonymous(request)
     params, ignored = parse_form(request, VerifyParams)
     server_uuid, key = transfer.verify_transfer(
-        hostname=params.hostname, access_token=params.access_token
+        hostname=params.hostname,
+        access_token=params.access_token,
+        address=ratelimit.client_address(request),
     )
     return success_response(
         with_ignored({"zulip_org_id": server_uuid, "zulip_org_key": key}, ignored)
@@ -90,34 +96,16 @@ def deactivate_server(request: HttpRequest) -> HttpResponse:
     return success_response(with_ignored({}, ignored))
 
 
-class Row(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    id: int
-
-
-class RealmRow(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    id: int
-    uuid: str = Field(pattern=r"^[0-9a-fA-F-]{36}$")
-    host: str = Field(default="", max_length=1000)
-    url: str = Field(default="", max_length=2000)
-    name: str = Field(default="", max_length=1000)
-    org_type: int = 0
-    date_created: float | None = None
-    deactivated: bool = False
-    is_system_bot_realm: bool = False
-    authentication_methods: dict[str, bool] = Field(default_factory=dict)
-
-
 class AnalyticsParams(Params):
-    # JSON text in each form field; rows are validated for what the bouncer reads.
-    realm_counts: list[Row]
-    installation_counts: list[Row]
-    realmauditlog_rows: list[Row] | None = None
+    # JSON text in each form field; rows are validated as Zulip validates them.
+    realm_counts: list[CountRow]
+    installation_counts: list[CountRow]
+    realmauditlog_rows: list[AuditLogRow] | None = None
     realms: list[RealmRow] | None = None
     version: Annotated[str | None, JSON_TEXT] = None
     merge_base: Annotated[str | None, JSON_TEXT] = None
-    api_feature_level: int | None = None
+    # RemoteZulipServer.last_api_feature_level is a PostgreSQL integer.
+    api_feature_level: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
 
 
 @csrf_exempt
@@ -125,6 +113,8 @@ class AnalyticsParams(Params):
 def upload_analytics(request: HttpRequest) -> HttpResponse:
     server = authenticate_server(request)
     params, ignored = parse_form(request, AnalyticsParams)
+    if params.realms is not None and len(params.realms) > MAX_REALMS_PER_UPLOAD:
+        raise BouncerError(f"Too many realms in one upload (limit: {MAX_REALMS_PER_UPLOAD})")
 
     def rows(items: list[Any] | None) -> list[dict[str, Any]] | None:
         return None if items is None else [item.model_dump() for item in items]

@@ -193,3 +193,34 @@ def test_the_notify_paths_counts_reach_redis_and_others_counts_reach_it(
     # This process alone has counted 2 (3 and 4 after these): a 429 within two more requests
     # comes only from the others' counts (the sync may land just after the next request).
     assert 429 in [notify().status_code, notify().status_code]
+
+
+def test_failed_authentications_are_limited_per_source_address(
+    zulip_server: ZulipServer, settings: Settings
+) -> None:
+    settings.BOUNCER_AUTH_FAILURE_RATE_LIMIT = (3, 60)
+    wrong = basic_auth(zulip_server.uuid, "k" * 64)
+
+    def from_address(address: str, auth: str) -> int:
+        response = Client(REMOTE_ADDR=address).post(API + ENDPOINT, FORM, HTTP_AUTHORIZATION=auth)
+        return int(response.status_code)
+
+    assert [from_address("203.0.113.5", wrong) for _ in range(4)] == [401, 401, 401, 429]
+    # Only failures are counted and refused: the right key from that address still works,
+    # and another address is not affected.
+    assert from_address("203.0.113.5", zulip_server.auth) == 200
+    assert from_address("203.0.113.6", wrong) == 401
+
+
+def test_reactivation_is_refused_when_another_server_took_the_hostname(
+    zulip_server: ZulipServer,
+) -> None:
+    from django.core.management import CommandError, call_command
+
+    from tests.conftest import make_server
+
+    zulip_server.client.post(API + "server/deactivate", HTTP_AUTHORIZATION=zulip_server.auth)
+    make_server(hostname=zulip_server.row.hostname)
+    with pytest.raises(CommandError, match="already exists"):
+        call_command("reactivate_remote_server", zulip_server.uuid)
+    assert RemoteZulipServer.objects.get(pk=zulip_server.row.pk).deactivated

@@ -6,6 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
+from bouncer.errors import BouncerError
 from registrations import services
 from registrations.models import RemoteZulipServer, acting_as
 
@@ -28,5 +29,8 @@ class Command(BaseCommand):
         if not server.deactivated:
             self.stdout.write(f"{server.hostname} is already active.")
             return
-        services.reactivate_server(server=server)
+        try:
+            services.reactivate_server(server=server)
+        except BouncerError as e:
+            raise CommandError(e.msg) from None
         self.stdout.write(f"Reactivated {server.hostname} ({server.uuid}).")
