@@ -372,8 +372,5 @@ LOGGING = {
         **{app: {"level": LOG_LEVEL} for app in ("bouncer", "registrations", "legacy", "delivery")},
         # Django logs every 4xx as a warning; our own log lines say what matters.
         "django.request": {"level": "ERROR"},
-        # aioapns logs every failed attempt without context; delivery/apns.py logs each
-        # failure once, with the device and batch it concerns.
-        "aioapns": {"level": "CRITICAL"},
     },
 }

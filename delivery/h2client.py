@@ -52,8 +52,7 @@ class Response:
 
 
 def skip_outbound_checks(config: H2Configuration) -> H2Configuration:
-    """Our upstream connections' h2 settings: outbound header checks off (this client's and
-    aioapns' connections).
+    """Our upstream connections' h2 settings: outbound header checks off.
 
     They re-validate, header by header through a chain of generators, the few fixed header
     lists our own code builds (lowercase names, no connection headers), and cost half of

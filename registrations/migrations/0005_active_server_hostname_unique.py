@@ -23,7 +23,7 @@ def refuse_duplicate_active_hostnames(apps: Any, schema_editor: Any) -> None:
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("registrations", "0003_push_device_digest_index"),
+        ("registrations", "0004_audit_actor"),
     ]
 
     operations = [
