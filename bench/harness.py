@@ -36,18 +36,25 @@ class Stack:
 
     def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
         self.names.append(name)
-        log = (self.workdir / f"{name}.log").open("wb")
-        self.processes.append(
-            subprocess.Popen(
-                args,
-                cwd=ROOT,
-                env={**self.env, **(env or {})},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        )
+        self.commands.append((args, {**self.env, **(env or {})}))
+        self.processes.append(self._start(len(self.names) - 1, "wb"))
+
+    def _start(self, i: int, mode: str) -> "subprocess.Popen[bytes]":
+        args, env = self.commands[i]
+        with (self.workdir / f"{self.names[i]}.log").open(mode) as log:
+            # The child keeps its own copy of the log's descriptor.
+            return subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def restart(self, role: str) -> None:
+        """Stop a role's processes as the run's end does (SIGTERM), start them again the same
+        way (their logs continue); the caller waits until they answer."""
+        for i, name in enumerate(self.names):
+            if name.startswith(role):
+                _stop(self.processes[i])
+                self.processes[i] = self._start(i, "ab")
 
     names: list[str] = field(default_factory=list)
+    commands: list[tuple[list[str], dict[str, str]]] = field(default_factory=list)
     # Processes not started by spawn(): PostgreSQL's postmaster, redis-server.
     services: dict[str, int] = field(default_factory=dict)
     # Removed when the stack stops (a peer's virtualenv: tens of MB); the logs stay.
@@ -95,6 +102,15 @@ class Stack:
             with contextlib.suppress(OSError, ValueError):
                 total += int(path.read_text() or 0)
         return total
+
+
+def _stop(process: "subprocess.Popen[bytes]") -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
 
 
 def _descendants(roots: list[int]) -> list[int]:

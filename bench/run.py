@@ -799,6 +799,19 @@ def start_peer(s: Stack, args: argparse.Namespace) -> str | None:
         return None
 
 
+def fresh_sides(s: Stack, peer_url: str) -> None:
+    """New bouncer (web, workers) and Sygnal processes: each run starts from new processes
+    and connections, so that what one run's heaviest shape leaves behind (a queue, a stuck
+    connection) is not measured again in the next. The database, Redis and the fakes stay."""
+    from tests.services import wait_for_port
+
+    for role in ("web", "worker", "sygnal"):
+        s.restart(role)
+    for url in (s.web_url, peer_url):
+        wait_for_port(int(url.rsplit(":", 1)[1]), timeout=60)
+    time.sleep(2)  # the workers connect to the broker
+
+
 def peer_row(devices: int, concurrency: int, pairs: list[tuple[Point, Point]]) -> str:
     """Medians over the runs; errors summed over them."""
     ours, theirs = [b for b, _ in pairs], [g for _, g in pairs]
@@ -862,10 +875,15 @@ def run_peer(args: argparse.Namespace, out: list[str]) -> None:
             "Notifications counted at the fake APNs. CPU per notification: the bouncer's web, "
             "workers, PostgreSQL and Redis; Sygnal's process. "
             f"`manage.py serve --workers {args.web_workers}`; Sygnal as configured by "
-            "bench/peers.py (one process, its defaults).\n"
+            "bench/peers.py (one process, its defaults). Each run after the first starts "
+            "with new bouncer and Sygnal processes (same database, Redis and fakes).\n"
         )
         results: dict[tuple[int, int], list[tuple[Point, Point]]] = {}
         for run in range(args.runs):
+            if run:
+                fresh_sides(s, url)
+                measure(s, "warm-up", ours[1], concurrency=4, seconds=2)
+                measure(s, "warm-up", theirs[1], concurrency=4, seconds=2)
             for devices in PEER_SHAPES:
                 for concurrency in args.peer_concurrency:
                     sides = []

@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from legacy.models import RemotePushDeviceToken
 from registrations.models import RemoteZulipServer
 from tests.properties.conftest import REALM_UUID, SERVER_KEY, SERVER_UUID, check, send, snapshot
 from tests.properties.strategies import (
@@ -54,10 +55,36 @@ def test_push_register(known_server: RemoteZulipServer, request: Request, auth: 
     check("push/register", send("push/register", request, auth=auth), before)
 
 
-@given(request=requests(TOKEN_FIELDS), auth=AUTH)
+# The clean unregistrations name a token the server has (put back after each example).
+KNOWN_TOKEN = "ab" * 32
+KNOWN_USER_ID = 5
+UNREGISTER_FIELDS = [
+    Field(f.name, f.valid, f.json_text, clean=st.just(KNOWN_TOKEN)) if f.name == "token" else f
+    for f in TOKEN_FIELDS
+    if f.name not in ("user_id", "user_uuid", "realm_uuid")
+] + [
+    Field(
+        "user_id",
+        st.one_of(small_ints(), hostile_ints()),
+        json_text=True,
+        clean=st.just(KNOWN_USER_ID),
+    ),
+    Field("user_uuid", uuids()),
+    Field("realm_uuid", st.one_of(uuids(), hostile_text()), clean=st.just(REALM_UUID)),
+]
+
+
+def known_token(server: RemoteZulipServer) -> None:
+    RemotePushDeviceToken.objects.get_or_create(
+        server=server, user_id=KNOWN_USER_ID, kind=1, token=KNOWN_TOKEN
+    )
+
+
+@given(request=requests(UNREGISTER_FIELDS), auth=AUTH)
 def test_push_unregister(
     known_server: RemoteZulipServer, request: Request, auth: str | None
 ) -> None:
+    known_token(known_server)
     before = snapshot()
     check("push/unregister", send("push/unregister", request, auth=auth), before)
 
