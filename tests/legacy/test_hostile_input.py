@@ -7,7 +7,7 @@ import pytest
 from legacy.models import RemotePushDeviceToken
 from registrations import keys, sealing
 from registrations.models import RemotePushDevice, RemoteRealm
-from tests.conftest import ZulipServer
+from tests.conftest import ZulipServer, call_endpoint
 
 pytestmark = pytest.mark.django_db
 
@@ -118,16 +118,19 @@ def test_e2ee_registrations_of_tokens_with_whitespace_are_refused(
     assert not RemotePushDevice.objects.exists()
 
 
+# The notify endpoints read through their own connections: test data must be committed.
+@pytest.mark.django_db(transaction=True)
 def test_a_lone_surrogate_in_a_legacy_apns_payload_is_a_400(zulip_server: ZulipServer) -> None:
-    response = zulip_server.client.post(
+    response = call_endpoint(
+        "POST",
         "/api/v1/remotes/push/notify",
-        data='{"user_id": 5, "apns_payload": {"alert": "\\ud800"}, "apple_devices": []}',
-        content_type="application/json",
-        HTTP_AUTHORIZATION=zulip_server.auth,
+        b'{"user_id": 5, "apns_payload": {"alert": "\\ud800"}, "apple_devices": []}',
+        auth=zulip_server.auth,
     )
     assert_refused(response)
 
 
+@pytest.mark.django_db(transaction=True)
 def test_the_test_notification_payload_refuses_unknown_keys(
     zulip_server: ZulipServer,
 ) -> None:

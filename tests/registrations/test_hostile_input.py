@@ -470,10 +470,9 @@ def test_the_admin_reactivates_no_server_onto_a_taken_hostname(
     admin_client: Client, zulip_server: ZulipServer
 ) -> None:
     url = "/admin/registrations/remotezulipserver/"
-    admin_client.post(url, {"action": "deactivate", "_selected_action": [zulip_server.row.pk]})
+    selected = {"_selected_action": [zulip_server.row.pk], "confirmed": "yes"}
+    admin_client.post(url, {"action": "deactivate", **selected})
     make_server(hostname=zulip_server.row.hostname)
-    response = admin_client.post(
-        url, {"action": "reactivate", "_selected_action": [zulip_server.row.pk]}, follow=True
-    )
+    response = admin_client.post(url, {"action": "reactivate", **selected}, follow=True)
     assert "already exists" in response.content.decode()
     assert RemoteZulipServer.objects.get(pk=zulip_server.row.pk).deactivated
