@@ -57,7 +57,7 @@ class Application:
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         from bouncer.asyncdb import close_database
-        from bouncer.endpoints import admission
+        from bouncer.endpoints import gate
         from delivery import attemptlog
         from delivery.fairness import LagMonitor
         from delivery.relay import attach_relay
@@ -65,7 +65,7 @@ class Application:
 
         await receive()  # lifespan.startup
         relay = attach_relay(asyncio.get_running_loop())
-        lag = LagMonitor(admission)
+        lag = LagMonitor(gate)
         lag.start()
         watcher = asyncio.create_task(lookups.watch_changes())
         await send({"type": "lifespan.startup.complete"})

@@ -29,7 +29,7 @@ from bouncer.errors import (
 )
 from bouncer.overload import RETRY_AFTER_SECONDS, queued_seconds
 from bouncer.params import Params, parse_json_bytes, with_ignored
-from delivery.fairness import Admission
+from delivery.fairness import RequestGate
 from delivery.payloads import E2EENotifyParams, LegacyNotifyParams, TestNotificationParams
 from legacy import notify as legacy_notify
 from registrations import notify as e2ee_notify
@@ -41,10 +41,12 @@ logger = logging.getLogger(__name__)
 PREFIX = "/api/v1/remotes/"
 OVERLOADED = "Push notification service overloaded, retry later"
 
-admission = Admission(
-    capacity=settings.BOUNCER_MAX_IN_FLIGHT,
-    lag_limit=settings.BOUNCER_MAX_LOOP_LAG_SECONDS,
-    active_seconds=settings.BOUNCER_FAIR_SHARE_WINDOW_SECONDS,
+gate = RequestGate(
+    minimum=settings.BOUNCER_MIN_CONCURRENT_REQUESTS,
+    maximum=settings.BOUNCER_MAX_CONCURRENT_REQUESTS,
+    max_waiting_per_tenant=settings.BOUNCER_MAX_WAITING_PER_SERVER,
+    max_wait=settings.BOUNCER_MAX_ADMISSION_WAIT_SECONDS,
+    lag_target=settings.BOUNCER_LOOP_LAG_TARGET_SECONDS,
 )
 
 
@@ -72,21 +74,20 @@ class _ServerLabels:
 _labels = _ServerLabels()
 
 
-def _admit(tenant: str, devices: int) -> None:
-    decision = admission.admit(tenant, devices)
+async def _admit(tenant: str, devices: int) -> None:
+    """Wait for this server's turn, or refuse the request with a quick 503."""
     label = _labels.label(tenant, devices)
-    if not decision.admitted:
+    waits = gate.gate.in_use >= gate.gate.capacity or bool(gate.gate.waiting)
+    if not await gate.enter(tenant):
         metrics.ADMISSION.labels(server=label, decision="shed").inc()
         logger.warning(
-            "Overloaded: server %s has %d deliveries in flight (fair share %.0f); "
-            "answered 503 to a notify of %d",
+            "Overloaded: server %s has %d notifies waiting (%d in progress); answered 503",
             tenant,
-            decision.in_flight,
-            decision.share,
-            devices,
+            gate.gate.waiting_for(tenant),
+            gate.in_progress,
         )
         raise service_unavailable(OVERLOADED, retry_after=RETRY_AFTER_SECONDS)
-    metrics.ADMISSION.labels(server=label, decision="admitted").inc()
+    metrics.ADMISSION.labels(server=label, decision="queued" if waits else "admitted").inc()
     metrics.ADMITTED_DELIVERIES.labels(server=label).inc(devices)
 
 
@@ -113,12 +114,12 @@ def _json_endpoint[M: Params](
             auth = header(scope, b"authorization")
             server = await authenticate_server_async(auth.decode("latin-1") if auth else None)
             params, ignored = parse_json_bytes(raw, model)
-            tenant, count = str(server.id), max(1, devices(params))
-            _admit(tenant, count)
+            tenant = str(server.id)
+            await _admit(tenant, max(1, devices(params)))
             try:
                 data = await handler(server, params)
             finally:
-                admission.done(tenant, count)
+                gate.leave()
             status, body = 200, success_body(with_ignored(data or {}, ignored))
         except BouncerError as e:
             status, body, headers = e.status, error_body(e), e.headers

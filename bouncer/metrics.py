@@ -65,7 +65,8 @@ DELIVERY_LOG_ROWS_DROPPED = Counter(
 )
 ADMISSION = Counter(
     "bouncer_admission_total",
-    "Notify requests by admission decision, per server (the busiest by name, the rest 'other')",
+    "Notify requests admitted at once, after waiting their turn (queued), or refused (shed),"
+    " per server (the busiest by id, the rest 'other')",
     ["server", "decision"],
 )
 ADMITTED_DELIVERIES = Counter(

@@ -268,13 +268,16 @@ DELIVERY_RETRY_WINDOW_SECONDS = env_int("DELIVERY_RETRY_WINDOW_SECONDS", 3600)
 # Deliveries in flight to one provider per process; beyond it they wait their tenant's turn
 # (delivery/fairness.py). Apple allows ~1,000 streams per connection; the senders open up to 4.
 DELIVERY_MAX_IN_FLIGHT = env_int("DELIVERY_MAX_IN_FLIGHT", 2000)
-# Admission per web process (delivery/fairness.py): above this many deliveries in flight, or
-# while the event loop runs more than BOUNCER_MAX_LOOP_LAG_SECONDS behind, servers using more
-# than their fair share get 503 + Retry-After; a server under its share is always admitted.
-BOUNCER_MAX_IN_FLIGHT = env_int("BOUNCER_MAX_IN_FLIGHT", 512)
-BOUNCER_MAX_LOOP_LAG_SECONDS = env_float("BOUNCER_MAX_LOOP_LAG_SECONDS", 0.1)
-# Seconds a server counts as active (sharing the capacity) after its last notify.
-BOUNCER_FAIR_SHARE_WINDOW_SECONDS = env_float("BOUNCER_FAIR_SHARE_WINDOW_SECONDS", 2.0)
+# Admission per web process (delivery/fairness.py): notify requests in progress at once, a
+# bound that adapts between the two figures to keep the event loop within its lag target;
+# beyond it requests wait their server's turn (round robin by server). One refused at once
+# with 503 + Retry-After: its server already has the third figure waiting, or it waited the
+# fourth (seconds).
+BOUNCER_MIN_CONCURRENT_REQUESTS = env_int("BOUNCER_MIN_CONCURRENT_REQUESTS", 32)
+BOUNCER_MAX_CONCURRENT_REQUESTS = env_int("BOUNCER_MAX_CONCURRENT_REQUESTS", 512)
+BOUNCER_MAX_WAITING_PER_SERVER = env_int("BOUNCER_MAX_WAITING_PER_SERVER", 128)
+BOUNCER_MAX_ADMISSION_WAIT_SECONDS = env_float("BOUNCER_MAX_ADMISSION_WAIT_SECONDS", 2.0)
+BOUNCER_LOOP_LAG_TARGET_SECONDS = env_float("BOUNCER_LOOP_LAG_TARGET_SECONDS", 0.02)
 # In-process caches of servers, realms and bouncer keys: how stale they may be. A
 # deactivation, an API key change or a key retirement takes effect everywhere within this.
 BOUNCER_CACHE_SECONDS = env_float("BOUNCER_CACHE_SECONDS", 1.0)

@@ -1,22 +1,25 @@
 """Tenants take turns: fair admission of requests and fair sending (pure asyncio, no I/O).
 
-A tenant is an opaque key (a Zulip server's id). Two mechanisms, both per process:
+A tenant is an opaque key (a Zulip server's id). Two gates, both per process; when a slot
+frees, the waiting tenant that was served least recently gets it (round robin with a quantum
+of one, where holding slots already counts as having been served):
 
-- `Admission` decides whether a request starts at all. While the process is within its
-  capacity everyone is admitted, and a tenant alone may use all of it. Once it is over (too
-  many deliveries in flight, or the event loop falling behind), only tenants using less than
-  their max-min fair share of the capacity are admitted; the others get a quick 503 with
-  Retry-After, which Zulip servers retry. A tenant under its share is never refused.
-- `FairGate` orders the sends that wait for room on an upstream: waiting deliveries are
-  served one per tenant in turn (deficit round robin with a quantum of one delivery), so one
-  tenant's 10,000-device burst does not sit in front of another tenant's single notification.
+- `RequestGate` decides when a request is worked on. It lets a bounded number of requests be
+  in progress at once, and adapts that bound to the CPU (`adapt`): it shrinks while the event
+  loop falls behind and grows back while requests wait and the loop keeps up. A request
+  beyond the bound waits for its tenant's turn, so a quiet tenant's request is next whatever
+  another tenant has queued; a tenant alone may use the whole process. A request that would
+  wait too long (its tenant already has `max_waiting_per_tenant` waiting, or it waited
+  `max_wait` seconds) is refused: the caller answers 503 with Retry-After, which Zulip servers
+  retry. So a flood is slowed and then shed, and never makes the others wait behind it.
+- `FairGate` orders the deliveries that wait for room on an upstream: one tenant's
+  10,000-device burst does not sit in front of another tenant's single notification.
 """
 
 import asyncio
 import contextlib
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass
 
 
 class FairGate:
@@ -26,6 +29,16 @@ class FairGate:
         self.capacity = capacity
         self.in_use = 0
         self._waiting: OrderedDict[str, deque[asyncio.Future[None]]] = OrderedDict()
+        # When each tenant last got a slot: the waiting tenant served least recently goes
+        # next, so a tenant holding slots already does not go before one that holds none.
+        self._turns = 0
+        self._last_turn: dict[str, int] = {}
+
+    def _took_turn(self, tenant: str) -> None:
+        self._turns += 1
+        self._last_turn[tenant] = self._turns
+        if len(self._last_turn) > 100_000:
+            self._last_turn = {t: n for t, n in self._last_turn.items() if t in self._waiting}
 
     @property
     def waiting(self) -> int:
@@ -35,9 +48,16 @@ class FairGate:
         queue = self._waiting.get(tenant)
         return len(queue) if queue else 0
 
-    async def acquire(self, tenant: str) -> None:
+    def try_acquire(self, tenant: str) -> bool:
+        """A slot now if one is free and nobody waits for it."""
         if self.in_use < self.capacity and not self._waiting:
             self.in_use += 1
+            self._took_turn(tenant)
+            return True
+        return False
+
+    async def acquire(self, tenant: str) -> None:
+        if self.try_acquire(tenant):
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(tenant, deque()).append(future)
@@ -55,86 +75,97 @@ class FairGate:
                         del self._waiting[tenant]
             raise
 
-    def release(self) -> None:
-        """Hand the slot to the next tenant in turn, or free it."""
+    def resize(self, capacity: int) -> None:
+        """A new bound: more room is handed to waiters at once; less takes effect as holders
+        leave."""
+        self.capacity = capacity
+        while self.in_use < self.capacity and self._grant_next():
+            self.in_use += 1
+
+    def _grant_next(self) -> bool:
+        """Wake the first waiter of the tenant served least recently; False if none waits."""
         while self._waiting:
-            tenant, queue = next(iter(self._waiting.items()))
+            tenant = min(self._waiting, key=lambda t: self._last_turn.get(t, 0))
+            queue = self._waiting[tenant]
             future = queue.popleft()
-            if queue:
-                self._waiting.move_to_end(tenant)  # its next delivery waits for a full turn
-            else:
+            if not queue:
                 del self._waiting[tenant]
             if not future.done():
                 future.set_result(None)
-                return
-        self.in_use -= 1
+                self._took_turn(tenant)
+                return True
+        return False
+
+    def release(self) -> None:
+        """Hand the slot to the next tenant in turn, or free it."""
+        if self.in_use > self.capacity:  # shrunk meanwhile: this slot goes
+            self.in_use -= 1
+            return
+        if not self._grant_next():
+            self.in_use -= 1
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    admitted: bool
-    share: float  # the fair share at the time, in deliveries in flight
-    in_flight: int  # the tenant's deliveries in flight before this request
+class RequestGate:
+    """Requests in progress at once, adapted to the CPU; waiters served round robin by tenant."""
 
+    def __init__(
+        self,
+        *,
+        minimum: int,
+        maximum: int,
+        max_waiting_per_tenant: int,
+        max_wait: float,
+        lag_target: float,
+    ) -> None:
+        self.minimum = minimum
+        self.maximum = maximum
+        self.max_waiting_per_tenant = max_waiting_per_tenant
+        self.max_wait = max_wait
+        self.lag_target = lag_target
+        self.gate = FairGate(maximum)
+        self.lag = 0.0
 
-class Admission:
-    """Max-min fair admission by deliveries in flight, per process."""
+    @property
+    def in_progress(self) -> int:
+        return self.gate.in_use
 
-    def __init__(self, *, capacity: int, lag_limit: float, active_seconds: float = 2.0) -> None:
-        self.capacity = capacity
-        self.lag_limit = lag_limit
-        self.active_seconds = active_seconds
-        self.in_flight = 0
-        self.lag = 0.0  # seconds the event loop is behind (LagMonitor)
-        self._by_tenant: dict[str, int] = {}
-        self._last_seen: dict[str, float] = {}
+    async def enter(self, tenant: str) -> bool:
+        """Wait for this tenant's turn; False when the request should be refused instead."""
+        gate = self.gate
+        if gate.try_acquire(tenant):
+            return True
+        if gate.waiting_for(tenant) >= self.max_waiting_per_tenant:
+            return False
+        try:
+            async with asyncio.timeout(self.max_wait):
+                await gate.acquire(tenant)
+        except TimeoutError:
+            return False
+        return True
 
-    def overloaded(self) -> bool:
-        return self.in_flight >= self.capacity or self.lag > self.lag_limit
+    def leave(self) -> None:
+        self.gate.release()
 
-    def _limit(self) -> int:
-        """What the process can carry now: its capacity, or, while the loop falls behind
-        (the CPU is the limit), what it already carries."""
-        if self.lag > self.lag_limit:
-            return max(1, min(self.capacity, self.in_flight))
-        return self.capacity
-
-    def _active_tenants(self, tenant: str, now: float) -> int:
-        horizon = now - self.active_seconds
-        stale = [t for t, seen in self._last_seen.items() if seen < horizon and t != tenant]
-        for t in stale:
-            if not self._by_tenant.get(t):
-                del self._last_seen[t]
-        return max(1, len(self._last_seen))
-
-    def admit(self, tenant: str, cost: int) -> Decision:
-        """Count `cost` deliveries in flight for `tenant` if admitted; call `done` after."""
-        now = time.monotonic()
-        self._last_seen[tenant] = now
-        mine = self._by_tenant.get(tenant, 0)
-        share = self._limit() / self._active_tenants(tenant, now)
-        if self.overloaded() and mine + cost > share and mine > 0:
-            return Decision(admitted=False, share=share, in_flight=mine)
-        self.in_flight += cost
-        self._by_tenant[tenant] = mine + cost
-        return Decision(admitted=True, share=share, in_flight=mine)
-
-    def done(self, tenant: str, cost: int) -> None:
-        self.in_flight -= cost
-        left = self._by_tenant.get(tenant, 0) - cost
-        if left > 0:
-            self._by_tenant[tenant] = left
-        else:
-            self._by_tenant.pop(tenant, None)
+    def adapt(self, lag: float) -> None:
+        """Called every tick with the loop's lag: multiplicative decrease while it is behind,
+        additive increase while requests wait and it keeps up."""
+        self.lag = lag
+        capacity = self.gate.capacity
+        if lag > self.lag_target:
+            capacity = max(self.minimum, int(capacity * 0.9))
+        elif lag < self.lag_target / 2 and self.gate.waiting:
+            capacity = min(self.maximum, capacity + max(1, capacity // 20))
+        if capacity != self.gate.capacity:
+            self.gate.resize(capacity)
 
 
 class LagMonitor:
-    """How far behind the event loop runs: a timer's lateness, smoothed."""
+    """How far behind the event loop runs (a timer's lateness, smoothed), fed to the gate."""
 
     INTERVAL = 0.01
 
-    def __init__(self, admission: Admission) -> None:
-        self.admission = admission
+    def __init__(self, gate: RequestGate) -> None:
+        self.gate = gate
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -149,7 +180,7 @@ class LagMonitor:
             late = max(0.0, time.monotonic() - expected)
             # Rises at once, decays over ~10 ticks: one slow callback is not an overload.
             lag = late if late > lag else lag * 0.9 + late * 0.1
-            self.admission.lag = lag
+            self.gate.adapt(lag)
 
     async def stop(self) -> None:
         if self._task is not None:

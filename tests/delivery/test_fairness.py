@@ -1,4 +1,4 @@
-"""Tenants take turns: admission by max-min fair share, sending round robin by tenant."""
+"""Tenants take turns: requests and deliveries that wait are served round robin by tenant."""
 
 import asyncio
 from typing import Any
@@ -6,8 +6,8 @@ from typing import Any
 import pytest
 from pytest_django.fixtures import Settings
 
-from bouncer.endpoints import admission
-from delivery.fairness import Admission, FairGate
+from bouncer.endpoints import gate
+from delivery.fairness import FairGate, RequestGate
 from registrations.models import RemoteRealm
 from tests.conftest import ZulipServer, make_server
 from tests.delivery.test_notify_e2ee import apns_item, device
@@ -15,34 +15,100 @@ from tests.delivery.test_notify_e2ee import notify as e2ee_notify
 from tests.fakes.apns import Answer, FakeApns
 
 
-def test_a_tenant_alone_may_use_the_whole_capacity_and_no_more() -> None:
-    gate = Admission(capacity=100, lag_limit=1.0)
-    assert all(gate.admit("big", 10).admitted for _ in range(10))
-    assert not gate.admit("big", 10).admitted
-    gate.done("big", 10)
-    assert gate.admit("big", 10).admitted
+def request_gate(**options: Any) -> RequestGate:
+    values: dict[str, Any] = {
+        "minimum": 1,
+        "maximum": 4,
+        "max_waiting_per_tenant": 100,
+        "max_wait": 10.0,
+        "lag_target": 0.02,
+    }
+    values.update(options)
+    return RequestGate(**values)
 
 
-def test_over_capacity_only_tenants_over_their_share_are_shed() -> None:
-    gate = Admission(capacity=100, lag_limit=1.0)
-    for _ in range(10):
-        assert gate.admit("flood", 10).admitted
-    # Full: the flood is over its share of two; the quiet tenant is under it, always admitted.
-    for _ in range(20):
-        assert gate.admit("quiet", 1).admitted
-        assert not gate.admit("flood", 10).admitted
-        gate.done("quiet", 1)
+def test_a_tenant_alone_may_use_every_slot_and_then_waits_its_turn() -> None:
+    async def run() -> list[bool]:
+        gate = request_gate()
+        entered = [await gate.enter("alone") for _ in range(4)]
+        fifth = asyncio.create_task(gate.enter("alone"))
+        await asyncio.sleep(0)
+        assert not fifth.done()
+        gate.leave()
+        return [*entered, await fifth]
+
+    assert asyncio.run(run()) == [True] * 5
 
 
-def test_a_lagging_loop_sheds_the_heaviest_tenant_but_never_one_with_nothing_in_flight() -> None:
-    gate = Admission(capacity=1000, lag_limit=0.01)
-    for _ in range(30):
-        gate.admit("flood", 5)
-    gate.lag = 0.5  # the CPU is the limit now, far below the nominal capacity
-    assert not gate.admit("flood", 5).admitted
-    decision = gate.admit("quiet", 1)
-    assert decision.admitted
-    assert decision.share < 150
+def test_a_quiet_tenants_request_is_next_whatever_a_flood_has_queued() -> None:
+    async def run() -> list[str]:
+        gate = request_gate(maximum=1)
+        order: list[str] = []
+        await gate.enter("flood")
+
+        async def one(tenant: str) -> None:
+            assert await gate.enter(tenant)
+            order.append(tenant)
+            gate.leave()
+
+        tasks = [asyncio.create_task(one("flood")) for _ in range(20)]
+        await asyncio.sleep(0)
+        tasks.append(asyncio.create_task(one("quiet")))
+        await asyncio.sleep(0)
+        gate.leave()
+        await asyncio.gather(*tasks)
+        return order
+
+    order = asyncio.run(run())
+    assert order.index("quiet") <= 1, order
+
+
+def test_a_tenant_with_too_many_waiting_is_refused_at_once_and_others_still_wait() -> None:
+    async def run() -> tuple[bool, bool]:
+        gate = request_gate(maximum=1, max_waiting_per_tenant=2)
+        await gate.enter("flood")
+        waiting = [asyncio.create_task(gate.enter("flood")) for _ in range(2)]
+        await asyncio.sleep(0)
+        refused = await gate.enter("flood")
+        quiet = asyncio.create_task(gate.enter("quiet"))
+        await asyncio.sleep(0)
+        for _ in range(3):
+            gate.leave()
+        await asyncio.gather(*waiting)
+        return refused, await quiet
+
+    assert asyncio.run(run()) == (False, True)
+
+
+def test_a_request_that_waited_too_long_is_refused() -> None:
+    async def run() -> bool:
+        gate = request_gate(maximum=1, max_wait=0.05)
+        await gate.enter("slow")
+        return await gate.enter("other")
+
+    assert asyncio.run(run()) is False
+
+
+def test_the_bound_shrinks_while_the_loop_lags_and_grows_back_while_requests_wait() -> None:
+    async def run() -> list[int]:
+        gate = request_gate(minimum=10, maximum=100)
+        seen = [gate.gate.capacity]
+        for _ in range(30):
+            gate.adapt(0.5)
+        seen.append(gate.gate.capacity)
+        for _ in range(100):
+            gate.adapt(0.0)  # nobody waits: no reason to grow
+        seen.append(gate.gate.capacity)
+        for _ in range(10):
+            await gate.enter("t")
+        waiter = asyncio.create_task(gate.enter("t"))
+        await asyncio.sleep(0)
+        gate.adapt(0.0)  # a request waits and the loop keeps up: one more slot, and it enters
+        await asyncio.wait_for(waiter, 1)
+        seen.append(gate.gate.capacity)
+        return seen
+
+    assert asyncio.run(run()) == [100, 10, 10, 11]
 
 
 def test_waiting_deliveries_are_served_one_tenant_at_a_time() -> None:
@@ -87,47 +153,55 @@ def test_a_cancelled_waiter_gives_its_turn_away() -> None:
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("in_process_delivery", "upstreams")
-def test_a_flooding_server_gets_503_while_a_server_under_its_share_is_served(
+def test_a_flooding_servers_backlog_waits_behind_a_quiet_servers_notify_and_its_excess_is_503(
     settings: Settings, zulip_server: ZulipServer, realm: RemoteRealm, fake_apns: FakeApns
 ) -> None:
-    capacity = admission.capacity
-    admission.capacity = 4
+    quiet = make_server()
+    quiet_realm = quiet.add_realm()
+    quiet_token, slow, backlog = "cd" * 32, f"{1:064x}", f"{2:064x}"
+    device(quiet_realm, quiet_token, "apns")
+    device(realm, slow, "apns")
+    device(realm, backlog, "apns")
+    fake_apns.script(slow, Answer(hang=True))
+    settings.NOTIFY_WAIT_SECONDS = 2.0
+    settings.DELIVERY_RETRY_WINDOW_SECONDS = 0  # the flood's timeout is not retried
+    saved = (gate.gate.capacity, gate.max_waiting_per_tenant)
+    gate.gate.resize(1)
+    gate.max_waiting_per_tenant = 1
     try:
-        quiet = make_server()
-        quiet_realm = quiet.add_realm()
-        device(quiet_realm, "cd" * 32, "apns")
-        flood_tokens = [f"{i:064x}" for i in range(4)]
-        for t in flood_tokens:
-            device(realm, t, "apns")
-            fake_apns.script(t, Answer(hang=True))
-        settings.NOTIFY_WAIT_SECONDS = 3.0
-        settings.DELIVERY_RETRY_WINDOW_SECONDS = 0  # the flood's timeouts are not retried
 
-        async def scenario() -> tuple[Any, list[Any], Any]:
+        async def scenario() -> tuple[Any, Any, Any, Any]:
             loop = asyncio.get_running_loop()
-            # The flood fills the process: four deliveries Apple never answers.
-            flood = loop.run_in_executor(
-                None, lambda: e2ee_notify(zulip_server, realm, [apns_item(t) for t in flood_tokens])
-            )
-            while admission.in_flight < 4:
-                await asyncio.sleep(0.01)
-            more = [
-                await loop.run_in_executor(
-                    None, lambda: e2ee_notify(zulip_server, realm, [apns_item(flood_tokens[0])])
-                )
-                for _ in range(3)
-            ]
-            served = await loop.run_in_executor(
-                None, lambda: e2ee_notify(quiet, quiet_realm, [apns_item("cd" * 32)])
-            )
-            return await flood, more, served
 
-        flood, more, served = asyncio.run(scenario())
-        assert [r.status_code for r in more] == [503, 503, 503]
-        assert all(r["Retry-After"] for r in more)
-        assert {r.json()["code"] for r in more} == {"SERVICE_UNAVAILABLE"}
-        assert served.status_code == 200
+            def send(server: ZulipServer, r: RemoteRealm, token: str) -> Any:
+                return loop.run_in_executor(
+                    None, lambda: e2ee_notify(server, r, [apns_item(token)])
+                )
+
+            # The flood takes the only slot with a delivery Apple never answers...
+            first = send(zulip_server, realm, slow)
+            while gate.in_progress < 1:
+                await asyncio.sleep(0.01)
+            # ...queues a second notify, and has a third refused at once.
+            second = send(zulip_server, realm, backlog)
+            while gate.gate.waiting_for(str(zulip_server.row.pk)) < 1:
+                await asyncio.sleep(0.01)
+            third = await send(zulip_server, realm, backlog)
+            # The quiet server's notify, sent last, is served before the flood's backlog.
+            served = send(quiet, quiet_realm, quiet_token)
+            while gate.gate.waiting_for(str(quiet.row.pk)) < 1:
+                await asyncio.sleep(0.01)
+            return await first, await second, third, await served
+
+        first, second, third, served = asyncio.run(scenario())
+        assert third.status_code == 503
+        assert third["Retry-After"]
+        assert third.json()["code"] == "SERVICE_UNAVAILABLE"
         assert served.json()["apple_successfully_sent_count"] == 1
-        assert flood.status_code == 200  # answered when its wait ran out; retried later
+        assert second.json()["apple_successfully_sent_count"] == 1
+        assert first.status_code == 200  # answered when its wait ran out
+        order = [r.token for r in fake_apns.received]
+        assert order.index(quiet_token) < order.index(backlog), order
     finally:
-        admission.capacity = capacity
+        gate.gate.resize(saved[0])
+        gate.max_waiting_per_tenant = saved[1]
