@@ -273,11 +273,11 @@ DELIVERY_MAX_IN_FLIGHT = env_int("DELIVERY_MAX_IN_FLIGHT", 2000)
 # beyond it requests wait their server's turn (round robin by server). One refused at once
 # with 503 + Retry-After: its server already has the third figure waiting, or it waited the
 # fourth (seconds).
-BOUNCER_MIN_CONCURRENT_REQUESTS = env_int("BOUNCER_MIN_CONCURRENT_REQUESTS", 8)
+BOUNCER_MIN_CONCURRENT_REQUESTS = env_int("BOUNCER_MIN_CONCURRENT_REQUESTS", 32)
 BOUNCER_MAX_CONCURRENT_REQUESTS = env_int("BOUNCER_MAX_CONCURRENT_REQUESTS", 512)
 BOUNCER_MAX_WAITING_PER_SERVER = env_int("BOUNCER_MAX_WAITING_PER_SERVER", 128)
 BOUNCER_MAX_ADMISSION_WAIT_SECONDS = env_float("BOUNCER_MAX_ADMISSION_WAIT_SECONDS", 2.0)
-BOUNCER_LOOP_LAG_TARGET_SECONDS = env_float("BOUNCER_LOOP_LAG_TARGET_SECONDS", 0.005)
+BOUNCER_LOOP_LAG_TARGET_SECONDS = env_float("BOUNCER_LOOP_LAG_TARGET_SECONDS", 0.02)
 # In-process caches of servers, realms and bouncer keys: how stale they may be. A
 # deactivation, an API key change or a key retirement takes effect everywhere within this.
 BOUNCER_CACHE_SECONDS = env_float("BOUNCER_CACHE_SECONDS", 1.0)
