@@ -5,7 +5,7 @@ A notify request is read, authorised, looked up, sent and answered on the proces
 event loop, beside the HTTP/2 connections to APNs and FCM (delivery/relay.py): no thread
 hand-off, no Django request handler (which alone costs more CPU than the rest of a one-device
 notify). Django keeps everything else (registration, analytics, admin, probes, metrics) as a
-WSGI application run by a2wsgi in a pool of threads, as gunicorn's threads ran it.
+WSGI application run by a2wsgi in a pool of threads.
 """
 
 import asyncio

@@ -1,6 +1,6 @@
 """Load shedding: a request that waited too long in front of the bouncer gets a quick 503.
 
-Above saturation, requests queue in front of the web workers (in gunicorn and the kernel);
+Above saturation, requests queue in front of the web processes (in their loops and the kernel);
 served late, they only make the queue longer, and the Zulip server that sent them may
 already have given up. The proxy stamps each request with when it arrived
 (deploy/nginx/bouncer.conf: `X-Request-Start: t=<seconds>`); a request that has waited longer

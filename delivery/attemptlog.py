@@ -4,7 +4,7 @@ A row per delivery attempt is what operators need, but one INSERT transaction pe
 the log the single largest cost of a notification (bench/README.md: turning it off raised
 throughput by ~45%). Web and worker processes therefore queue the rows and a background
 thread writes whatever has accumulated every FLUSH_SECONDS in one COPY (PostgreSQL; a bulk
-insert elsewhere). A graceful shutdown flushes what is left (gunicorn's worker_exit hook,
+insert elsewhere). A graceful shutdown flushes what is left (the web server's lifespan shutdown,
 Celery's shutdown signals); a process killed outright loses at most FLUSH_SECONDS of log
 rows, never a delivery. In-process (make run, CELERY_TASK_ALWAYS_EAGER)
 rows are written at once.

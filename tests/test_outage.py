@@ -1,5 +1,5 @@
-"""A dependency outage seen from a Zulip server: the production web process (gunicorn with
-deploy/gunicorn.conf.py) answers 503 in Zulip's envelope while the broker or the database is
+"""A dependency outage seen from a Zulip server: the production web process (manage.py
+serve) answers 503 in Zulip's envelope while the broker or the database is
 down, and recovers by itself when it is back."""
 
 import os

@@ -33,7 +33,7 @@ def test_a_request_that_waited_too_long_is_a_503_in_zulips_envelope(
 @pytest.mark.parametrize(
     "stamp",
     [
-        None,  # no proxy in front (make run, direct to gunicorn)
+        None,  # no proxy in front (make run, straight to manage.py serve)
         "fresh",
         "t=garbage",
         "t=99999999999999999999",  # in the future whatever the unit: never shed

@@ -1,4 +1,4 @@
-"""A Zulip server talking to a running bouncer over real HTTP (gunicorn), as Zulip does:
+"""A Zulip server talking to a running bouncer over real HTTP (manage.py serve), as Zulip does:
 forms for registration and analytics, JSON for notify, HTTP Basic with uuid:key."""
 
 import json
