@@ -145,8 +145,24 @@ else:
         # The same backend with a health check that needs no round trip (its docstring).
         DATABASES["default"]["ENGINE"] = "bouncer.postgresql"
     DATABASES["default"].setdefault("OPTIONS", {})
-    # Every statement is bounded: a stuck query must not hold a web worker forever.
+    # Every statement is bounded: a stuck query (a lock never released, a server gone
+    # silent) must not hold a request, a worker thread or the notify path's pool forever.
+    # A migration of a very large table may need more: DATABASE_STATEMENT_TIMEOUT_SECONDS=0
+    # for that command lifts the bound.
+    _statement_timeout_ms = int(env_float("DATABASE_STATEMENT_TIMEOUT_SECONDS", 60.0) * 1000)
     DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", 5)
+    DATABASES["default"]["OPTIONS"].setdefault(
+        "options", f"-c statement_timeout={_statement_timeout_ms}"
+    )
+    # A peer that vanished without closing (a failover, a dropped NAT entry) is noticed in
+    # about a minute instead of the kernel's two hours.
+    for _name, _value in (
+        ("keepalives", 1),
+        ("keepalives_idle", 30),
+        ("keepalives_interval", 10),
+        ("keepalives_count", 3),
+    ):
+        DATABASES["default"]["OPTIONS"].setdefault(_name, _value)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -4,8 +4,8 @@ Why not httpx or httpcore: on the notify path every send cost ~3x more through t
 streams, per-request locks and event queues; bench/README.md), and a GOAWAY failed the
 streams the server never processed instead of sending them again. Why not aioapns for APNs:
 it takes any h2 error for a dead connection and leaves that connection in its pool, busy for
-good, so a few oversized payloads stop every APNs send of the process. This client does only what the
-senders need: POST with a body, over TLS with ALPN "h2", as many streams per connection as
+good, so a few oversized payloads stop every APNs send of the process. This client does only
+what the senders need: POST with a body, over TLS with ALPN "h2", as many streams per connection as
 the server's SETTINGS allow, up to `max_connections` connections, flow control both ways
 (bodies framed to the peer's frame size), and a request whose connection broke before its
 answer (GOAWAY, REFUSED_STREAM, a reset connection) sent once more on another connection.

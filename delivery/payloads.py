@@ -5,9 +5,9 @@ Spec: zulip-delivery.md sections 2-4.
 """
 
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import AfterValidator, ConfigDict, Discriminator, Field, Tag
+from pydantic import AfterValidator, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from bouncer.errors import BouncerError
 from bouncer.params import Params, encodable
@@ -128,15 +128,33 @@ class ApnsHttpHeaders(Params):
     apns_push_type: ApnsPushType
 
 
-class ApnsE2EEPayload(Params):
-    push_key_id: int = Field(ge=0, le=2**32 - 1)
+class _E2EEPayload(Params):
+    # FL 468+ names the phone's key `push_key_id`; released 11.x servers (FL 413-467) name
+    # their account `push_account_id`. The phone reads whichever its server's version sends,
+    # so the name is relayed as it came.
+    push_key_id: int | None = Field(default=None, ge=0, le=2**32 - 1)
+    push_account_id: int | None = Field(default=None, ge=0, le=2**63 - 1)
     encrypted_data: str = Field(max_length=8192)
+
+    @model_validator(mode="after")
+    def _one_key_name(self) -> Self:
+        if self.push_key_id is None and self.push_account_id is None:
+            raise ValueError("Missing 'push_key_id' argument")
+        return self
+
+    def key_field(self) -> tuple[str, int]:
+        if self.push_key_id is not None:
+            return "push_key_id", self.push_key_id
+        assert self.push_account_id is not None
+        return "push_account_id", self.push_account_id
+
+
+class ApnsE2EEPayload(_E2EEPayload):
     aps: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_E2EE_APS))
 
 
-class FcmE2EEPayload(Params):
-    push_key_id: int = Field(ge=0, le=2**32 - 1)
-    encrypted_data: str = Field(max_length=8192)
+class FcmE2EEPayload(_E2EEPayload):
+    pass
 
 
 class ApnsPushRequest(Params):
@@ -173,16 +191,16 @@ class E2EENotifyParams(Params):
 
 
 def e2ee_apns_body(request: ApnsPushRequest) -> dict[str, Any]:
-    # The ciphertext sits at the top level beside aps; push_key_id stays an integer.
+    # The ciphertext sits at the top level beside aps; the key id stays an integer.
+    name, value = request.payload.key_field()
     return {
-        "push_key_id": request.payload.push_key_id,
+        name: value,
         "encrypted_data": request.payload.encrypted_data,
         "aps": request.payload.aps,
     }
 
 
 def e2ee_fcm_data(request: FcmPushRequest) -> dict[str, str]:
-    return {
-        "push_key_id": str(request.payload.push_key_id),
-        "encrypted_data": request.payload.encrypted_data,
-    }
+    # FCM data values are strings.
+    name, value = request.payload.key_field()
+    return {name: str(value), "encrypted_data": request.payload.encrypted_data}

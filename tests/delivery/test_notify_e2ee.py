@@ -3,6 +3,7 @@
 from typing import Any
 
 import pytest
+from django.utils import timezone
 
 from delivery.models import DeliveryAttempt
 from registrations import sealing
@@ -221,3 +222,60 @@ def test_a_body_that_is_not_json_is_a_400(zulip_server: ZulipServer) -> None:
     )
     assert response.status_code == 400
     assert response.json()["msg"] == "Malformed JSON"
+
+
+def test_a_zulip_11_server_names_devices_by_id_and_keys_by_push_account_id(
+    zulip_server: ZulipServer, realm: RemoteRealm, fake_apns: FakeApns, fake_fcm: FakeFcm
+) -> None:
+    # As Zulip 11.x (FL 413-467) sends it: zerver/lib/push_notifications.py's asdict() of
+    # APNsPushRequest / FCMPushRequest, devices by bouncer device id.
+    apns = device(realm, APNS_TOKEN, "apns")
+    fcm = device(realm, FCM_TOKEN, "fcm")
+    gone = device(realm, "ee" * 32, "apns", expired_time=timezone.now())
+    items = [
+        {
+            "device_id": apns.device_id,
+            "http_headers": {"apns_priority": 10, "apns_push_type": "alert"},
+            "payload": {
+                "push_account_id": 4815162342,
+                "encrypted_data": "c2VhbGVk",
+                "aps": {"mutable-content": 1, "alert": {"title": "New notification"}},
+            },
+        },
+        {
+            "device_id": fcm.device_id,
+            "fcm_priority": "high",
+            "payload": {"push_account_id": 4815162342, "encrypted_data": "c2VhbGVk"},
+        },
+        {
+            "device_id": gone.device_id,
+            "http_headers": {"apns_priority": 10, "apns_push_type": "alert"},
+            "payload": {"push_account_id": 1, "encrypted_data": "eA=="},
+        },
+        {
+            "device_id": 987654321,
+            "fcm_priority": "normal",
+            "payload": {"push_account_id": 1, "encrypted_data": "eA=="},
+        },
+    ]
+    answer = notify(zulip_server, realm, items).json()
+    assert answer["apple_successfully_sent_count"] == 1
+    assert answer["android_successfully_sent_count"] == 1
+    assert answer["delete_device_ids"] == sorted([gone.device_id, 987654321])
+    [received] = fake_apns.requests_for(APNS_TOKEN)
+    assert received.body == {
+        "push_account_id": 4815162342,
+        "encrypted_data": "c2VhbGVk",
+        "aps": {"mutable-content": 1, "alert": {"title": "New notification"}},
+    }
+    [message] = fake_fcm.messages_for(FCM_TOKEN)
+    assert message["data"] == {"push_account_id": "4815162342", "encrypted_data": "c2VhbGVk"}
+
+
+def test_a_payload_without_a_key_id_is_a_400(zulip_server: ZulipServer, realm: RemoteRealm) -> None:
+    device(realm, APNS_TOKEN, "apns")
+    item = apns_item(APNS_TOKEN)
+    del item["payload"]["push_key_id"]
+    response = notify(zulip_server, realm, [item])
+    assert response.status_code == 400
+    assert "push_key_id" in response.json()["msg"]

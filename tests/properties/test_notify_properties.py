@@ -13,11 +13,23 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pytest_django.fixtures import Settings
 
 from legacy.models import RemotePushDeviceToken
 from registrations import sealing
 from registrations.models import RemotePushDevice, RemoteRealm, RemoteZulipServer
 from tests.conftest import basic_auth, call_endpoint
+
+# The fake APNs and FCM, and settings pointing the bouncer at them (tests/delivery's).
+from tests.delivery.conftest import (  # noqa: F401 - fixtures, found by name
+    apns_key,
+    apns_settings,
+    fake_apns,
+    fake_fcm,
+    fcm_settings,
+    service_account,
+    upstreams,
+)
 from tests.fakes.apns import FakeApns
 from tests.fakes.fcm import FakeFcm
 from tests.properties.conftest import REALM_UUID, SERVER_KEY, SERVER_UUID, check, snapshot
@@ -35,7 +47,7 @@ from tests.properties.strategies import (
 )
 
 pytestmark = [
-    pytest.mark.usefixtures("in_process_delivery", "upstreams"),
+    pytest.mark.usefixtures("eager_delivery", "upstreams"),
     # The notify endpoints read through their own connections: test data must be committed.
     pytest.mark.django_db(transaction=True),
 ]
@@ -121,6 +133,13 @@ TEST_FIELDS = [
 
 
 @pytest.fixture
+def eager_delivery(settings: Settings) -> None:
+    """Retries in-process (the examples need no worker); Redis stays for the rate limits."""
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    settings.NOTIFY_WAIT_SECONDS = 5.0
+
+
+@pytest.fixture
 def devices(known_server: RemoteZulipServer) -> None:
     realm = RemoteRealm.objects.get(uuid=REALM_UUID)
     for token, kind in ((APNS, "apns"), (FCM, "fcm")):
@@ -131,13 +150,13 @@ def devices(known_server: RemoteZulipServer) -> None:
             token_id=sealing.token_id_int(token),
             ios_app_id="org.zulip.Zulip" if kind == "apns" else None,
         )
-    for token, kind in ((APNS, 1), (FCM, 2)):
+    for token, legacy_kind in ((APNS, 1), (FCM, 2)):
         RemotePushDeviceToken.objects.create(
             server=known_server,
             user_id=USER_ID,
             token=token,
-            kind=kind,
-            ios_app_id="org.zulip.Zulip" if kind == 1 else None,
+            kind=legacy_kind,
+            ios_app_id="org.zulip.Zulip" if legacy_kind == 1 else None,
         )
 
 
@@ -148,7 +167,7 @@ def send(endpoint: str, request: Request, auth: str | None) -> Any:
     )
 
 
-def still_delivers(fake_apns: FakeApns, fake_fcm: FakeFcm) -> None:
+def still_delivers(fake_apns: FakeApns, fake_fcm: FakeFcm) -> None:  # noqa: F811 - a value here
     """After whatever the examples sent, a valid notification reaches each provider."""
     # Dead-token answers never come from the fakes here, but an example may have been
     # answered otherwise: the devices are made current again first.
@@ -197,7 +216,10 @@ def run_examples(endpoint: str, fields: list[Field]) -> Callable[[], None]:
     ],
 )
 def test_notify_endpoints(
-    endpoint: str, fields: list[Field], fake_apns: FakeApns, fake_fcm: FakeFcm
+    endpoint: str,
+    fields: list[Field],
+    fake_apns: FakeApns,  # noqa: F811 - the fixture imported above
+    fake_fcm: FakeFcm,  # noqa: F811
 ) -> None:
     run_examples(endpoint, fields)()
     still_delivers(fake_apns, fake_fcm)
