@@ -29,10 +29,10 @@ logger = logging.getLogger(__name__)
 DJANGO_THREADS = 16
 
 
-def _hot_routes() -> dict[str, Endpoint]:
-    from bouncer.endpoints import ROUTES
+def _hot_routes(django: Endpoint) -> dict[str, Endpoint]:
+    from bouncer.endpoints import FORM_ROUTES, ROUTES
 
-    return ROUTES
+    return {**ROUTES, **{path: bind(django) for path, bind in FORM_ROUTES.items()}}
 
 
 class Application:
@@ -43,7 +43,7 @@ class Application:
             get_wsgi_application(),  # type: ignore[arg-type]
             workers=DJANGO_THREADS,
         )
-        self.routes = _hot_routes()
+        self.routes = _hot_routes(self.django)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":

@@ -101,15 +101,17 @@ async def in_thread[T](function: Callable[..., T], /, *args: Any, **kwargs: Any)
     return await loop.run_in_executor(_executor, functools.partial(function, *args, **kwargs))
 
 
-def close_thread_connections() -> None:
-    """Close the database connection of every ORM thread (the test session's end)."""
-    barrier = threading.Barrier(ORM_THREADS, timeout=10)
+def close_thread_connections(
+    executor: ThreadPoolExecutor = _executor, threads: int = ORM_THREADS
+) -> None:
+    """Close the database connection of every thread of a pool (the test session's end)."""
+    barrier = threading.Barrier(threads, timeout=10)
 
     def close() -> None:
         connection.close()
         barrier.wait()  # holds this thread, so each of the others takes one of these
 
-    for future in [_executor.submit(close) for _ in range(ORM_THREADS)]:
+    for future in [executor.submit(close) for _ in range(threads)]:
         future.result()
 
 

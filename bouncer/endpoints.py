@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
 import psycopg
 import psycopg_pool
@@ -28,17 +29,26 @@ from bouncer.errors import (
     success_body,
 )
 from bouncer.overload import RETRY_AFTER_SECONDS, queued_seconds
-from bouncer.params import Params, parse_json_bytes, with_ignored
+from bouncer.params import Params, parse_form_data, parse_json_bytes, with_ignored
 from delivery.fairness import RequestGate
 from delivery.payloads import E2EENotifyParams, LegacyNotifyParams, TestNotificationParams
 from legacy import notify as legacy_notify
 from registrations import notify as e2ee_notify
 from registrations.auth import authenticate_server_async
+from registrations.e2ee_views import RegisterDeviceParams, register_push_device_async
 from registrations.lookups import ServerInfo
 
 logger = logging.getLogger(__name__)
 
 PREFIX = "/api/v1/remotes/"
+# PostgreSQL unreachable or restarting: nothing was changed; the Zulip server retries.
+_UNAVAILABLE = (
+    OperationalError,
+    InterfaceError,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    psycopg_pool.PoolTimeout,
+)
 OVERLOADED = "Push notification service overloaded, retry later"
 
 gate = RequestGate(
@@ -128,13 +138,7 @@ def _json_endpoint[M: Params](
                 "Request body too large", code=ErrorCode.REQUEST_TOO_LARGE, status=413
             )
             status, body, close = 413, error_body(error), True
-        except (
-            OperationalError,
-            InterfaceError,
-            psycopg.OperationalError,
-            psycopg.InterfaceError,
-            psycopg_pool.PoolTimeout,
-        ) as e:
+        except _UNAVAILABLE as e:
             # PostgreSQL unreachable or restarting: nothing was sent (the look-ups come
             # first). The Zulip server retries.
             logger.error("Database unavailable on %s: %s", scope["path"], e)
@@ -150,6 +154,77 @@ def _json_endpoint[M: Params](
         metrics.record_request(endpoint=name, status=status, seconds=time.perf_counter() - started)
 
     return endpoint
+
+
+def _plain_form(scope: Scope) -> bool:
+    """A urlencoded UTF-8 form, as every Zulip server sends it. Anything else (multipart,
+    another charset) is left to Django's parsers and their hostile-input handling."""
+    content_type = (header(scope, b"content-type") or b"").decode("latin-1").lower()
+    kind, _, parameters = content_type.partition(";")
+    if kind.strip() != "application/x-www-form-urlencoded":
+        return False
+    charset = parameters.strip().removeprefix("charset=").strip('"') if parameters else "utf-8"
+    return charset in ("utf-8", "utf8")
+
+
+def _form_endpoint[M: Params](
+    name: str,
+    model: type[M],
+    handler: Callable[[ServerInfo, M], Awaitable[dict[str, Any]]],
+) -> Callable[[Endpoint], Endpoint]:
+    """A form endpoint on the loop for plain forms; others go to `django` (its view)."""
+
+    def bind(django: Endpoint) -> Endpoint:
+        async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["method"] != "POST" or not _plain_form(scope):
+                await django(scope, receive, send)
+                return
+            started = time.perf_counter()
+            headers: dict[str, str] = {}
+            close = False
+            try:
+                raw = await read_body(receive, limit=settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
+                auth = header(scope, b"authorization")
+                server = await authenticate_server_async(auth.decode("latin-1") if auth else None)
+                pairs = parse_qsl(
+                    raw.decode("latin-1"),
+                    keep_blank_values=True,
+                    encoding="utf-8",
+                    errors="replace",
+                    max_num_fields=settings.DATA_UPLOAD_MAX_NUMBER_FIELDS,
+                )
+                params, ignored = parse_form_data(dict(pairs), model)
+                status, body = (
+                    200,
+                    success_body(with_ignored(await handler(server, params), ignored)),
+                )
+            except BouncerError as e:
+                status, body, headers = e.status, error_body(e), e.headers
+            except BodyTooLarge:
+                error = BouncerError(
+                    "Request body too large", code=ErrorCode.REQUEST_TOO_LARGE, status=413
+                )
+                status, body, close = 413, error_body(error), True
+            except ValueError:  # parse_qsl: more fields than allowed
+                status, body = 400, error_body(BouncerError("Too many parameters"))
+            except _UNAVAILABLE as e:
+                logger.error("Database unavailable on %s: %s", scope["path"], e)
+                error = service_unavailable(TEMPORARILY_UNAVAILABLE, retry_after=10)
+                status, body, headers = 503, error_body(error), error.headers
+            except Exception:
+                logger.exception("Unhandled error on %s %s", scope["method"], scope["path"])
+                error = BouncerError(
+                    "Internal server error", code=ErrorCode.INTERNAL_SERVER_ERROR, status=500
+                )
+                status, body = 500, error_body(error)
+            await respond(send, status, body, headers=headers.items(), close=close)
+            metrics.record_request(
+                endpoint=name, status=status, seconds=time.perf_counter() - started
+            )
+
+        return endpoint
+
+    return bind
 
 
 def _shed_if_queued_too_long(scope: Scope) -> None:
@@ -187,5 +262,14 @@ ROUTES: dict[str, Endpoint] = {
     ),
     PREFIX + "push/test_notification": _json_endpoint(
         "api/v1/remotes/push/test_notification", TestNotificationParams, _test, lambda p: 1
+    ),
+}
+
+# Form endpoints on the loop, bound to Django's application for the requests they leave to it.
+FORM_ROUTES: dict[str, Callable[[Endpoint], Endpoint]] = {
+    PREFIX + "push/e2ee/register": _form_endpoint(
+        "api/v1/remotes/push/e2ee/register",
+        RegisterDeviceParams,
+        register_push_device_async,
     ),
 }

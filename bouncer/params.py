@@ -17,6 +17,7 @@ payload takes them). Each is a 400 in Zulip's envelope.
 import json
 import math
 import types
+from collections.abc import Mapping
 from typing import Any, Union, get_args, get_origin
 
 from django.http import HttpRequest
@@ -184,6 +185,12 @@ def parse_form[M: Params](request: HttpRequest, model: type[M]) -> tuple[M, list
     """The endpoint's parameters from a form body (or query string), and the unknown names."""
     # GET parameters come from the query string, POST ones from the body; Zulip reads both.
     source = request.POST if request.method == "POST" else request.GET
+    return parse_form_data(source, model)
+
+
+def parse_form_data[M: Params](source: Mapping[str, str], model: type[M]) -> tuple[M, list[str]]:
+    """`parse_form` from the decoded pairs (the last value of a repeated name, as Django's
+    QueryDict gives it)."""
     ignored = sorted(name for name in source if name not in model.model_fields)
     for name in ignored:
         check_text(name, name)

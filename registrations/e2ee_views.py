@@ -1,16 +1,20 @@
 """`POST push/e2ee/register`: a phone's sealed PushRegistration, forwarded by its server."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
+from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 from pydantic import Field
 
+from bouncer.asyncdb import in_thread
 from bouncer.errors import BouncerError, ErrorCode, success_response
 from bouncer.params import Params, parse_form, with_ignored
 from registrations import devices
 from registrations.auth import authenticate_server
+from registrations.lookups import ServerInfo
+from registrations.models import RemoteZulipServer
 
 
 class RegisterDeviceParams(Params):
@@ -22,11 +26,7 @@ class RegisterDeviceParams(Params):
     push_account_id: Annotated[int, Field(ge=0)] | None = None
 
 
-@csrf_exempt
-@require_POST
-def register_push_device(request: HttpRequest) -> HttpResponse:
-    server = authenticate_server(request)
-    params, ignored = parse_form(request, RegisterDeviceParams)
+def register(*, server: RemoteZulipServer, params: RegisterDeviceParams) -> dict[str, Any]:
     if params.token_id is None and params.push_account_id is None:
         raise BouncerError(
             "Missing 'token_id' argument",
@@ -41,4 +41,26 @@ def register_push_device(request: HttpRequest) -> HttpResponse:
         token_id=params.token_id,
     )
     # 11.x servers assert an integer device_id; 12.x servers ignore the extra key.
-    return success_response(with_ignored({"device_id": registered.device_id}, ignored))
+    return {"device_id": registered.device_id}
+
+
+@csrf_exempt
+@require_POST
+def register_push_device(request: HttpRequest) -> HttpResponse:
+    server = authenticate_server(request)
+    params, ignored = parse_form(request, RegisterDeviceParams)
+    return success_response(with_ignored(register(server=server, params=params), ignored))
+
+
+def _register_in_thread(server_id: int, params: RegisterDeviceParams) -> dict[str, Any]:
+    close_old_connections()
+    server = RemoteZulipServer.objects.get(pk=server_id)
+    return register(server=server, params=params)
+
+
+async def register_push_device_async(
+    server: ServerInfo, params: RegisterDeviceParams
+) -> dict[str, Any]:
+    """The same, from the event loop (bouncer/endpoints.py): the sealed box is opened and the
+    row written in one hand-off to an ORM thread."""
+    return await in_thread(_register_in_thread, server.id, params)

@@ -18,6 +18,7 @@ from django.test.client import Client as DjangoClient
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
+from bouncer.asgi import DJANGO_THREADS, application
 from bouncer.asyncdb import close_database, close_thread_connections
 from bouncer.endpoints import ROUTES
 from delivery.relay import get_relay
@@ -111,13 +112,28 @@ class EndpointResponse:
 def call_endpoint(
     method: str, path: str, body: bytes, *, auth: str | None = None, **extra: str
 ) -> EndpointResponse:
-    """An HTTP request to an endpoint of bouncer/endpoints.py, on this process's event loop
-    (the relay's, as in the web server), through the endpoint's ASGI interface."""
-    headers = [(b"content-type", b"application/json"), (b"user-agent", b"ZulipServer/12.0")]
+    """An HTTP request to an endpoint the web server serves on its event loop
+    (bouncer/endpoints.py), on this process's loop (the relay's), through its ASGI interface."""
+    headers = [(b"user-agent", b"ZulipServer/12.0"), (b"content-length", str(len(body)).encode())]
+    if not any(k.lower() == "content-type" for k in extra):
+        headers.append((b"content-type", b"application/json"))
     if auth is not None:
         headers.append((b"authorization", auth.encode()))
     headers += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
-    scope = {"type": "http", "method": method, "path": path, "headers": headers}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"testserver"), *headers],
+        "server": ("testserver", 80),
+        "client": ("127.0.0.1", 50000),
+    }
     incoming = [{"type": "http.request", "body": body, "more_body": False}]
     sent: list[dict[str, Any]] = []
 
@@ -127,7 +143,7 @@ def call_endpoint(
     async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(dict(message))
 
-    get_relay().run(ROUTES[path](scope, receive, send))
+    get_relay().run(application.routes[path](scope, receive, send))
     start, *bodies = sent
     return EndpointResponse(
         start["status"], start["headers"], b"".join(m.get("body", b"") for m in bodies)
@@ -140,6 +156,8 @@ def _endpoint_connections(django_db_setup: None) -> Iterator[None]:
     yield
     get_relay().run(close_database())
     close_thread_connections()
+    # Django's threads inside the ASGI application (the requests the endpoints leave to it).
+    close_thread_connections(application.django.executor, DJANGO_THREADS)  # type: ignore[attr-defined]
 
 
 @pytest.fixture(autouse=True)

@@ -3,6 +3,7 @@
 import base64
 import time
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from django.core.management import call_command
@@ -12,7 +13,7 @@ from pytest_django.fixtures import Settings
 
 from registrations import keys, sealing
 from registrations.models import BouncerKeyPair, RemotePushDevice, RemoteRealm
-from tests.conftest import ZulipServer, at_once, make_server
+from tests.conftest import ZulipServer, at_once, call_endpoint, make_server
 
 APNS_TOKEN = "c0ffee" * 10 + "abcd"
 FCM_TOKEN = "fcm-token-" + "x" * 140
@@ -329,3 +330,82 @@ def test_a_wrong_key_encryption_key_is_a_503_and_fails_the_database_check(
     with pytest.raises(SystemCheckError, match=r"bouncer\.E004"):
         call_command("check", databases=["default"])
     call_command("check")  # other commands (bouncer_keys, to repair it) still run
+
+
+# The web server takes a plain urlencoded registration on its event loop (bouncer/endpoints.py)
+# and leaves other encodings to Django's view; both must answer alike.
+REGISTER_PATH = "/api/v1/remotes/push/e2ee/register"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_on_the_event_loop_a_registration_is_stored_and_errors_are_the_views(
+    zulip_server: ZulipServer, realm: RemoteRealm
+) -> None:
+    public_key = keys.generate_key().public_key
+    form = {
+        "realm_uuid": str(realm.uuid),
+        "token_id": token_id_of(APNS_TOKEN),
+        "encrypted_push_registration": sealing.seal_registration(registration(), public_key),
+        "bouncer_public_key": public_key,
+        "extra": "1",
+    }
+    urlencoded = {"content-type": "application/x-www-form-urlencoded"}
+    response = call_endpoint(
+        "POST", REGISTER_PATH, urlencode(form).encode(), auth=zulip_server.auth, **urlencoded
+    )
+    assert response.status_code == 200, response.content
+    device = RemotePushDevice.objects.get()
+    assert response.json() == {
+        "result": "success",
+        "msg": "",
+        "device_id": device.device_id,
+        "ignored_parameters_unsupported": ["extra"],
+    }
+    # The same refusals as the view's, before anything is stored.
+    changes: list[tuple[dict[str, str | None], str | None]] = [
+        ({"bouncer_public_key": "x"}, "Invalid bouncer_public_key"),
+        ({"token_id": None}, None),
+        ({"realm_uuid": "a\x00b"}, None),
+    ]
+    for change, msg in changes:
+        merged: dict[str, str | None] = {**form, **change}
+        body = {k: v for k, v in merged.items() if v is not None}
+        refused = call_endpoint(
+            "POST", REGISTER_PATH, urlencode(body).encode(), auth=zulip_server.auth, **urlencoded
+        )
+        view = zulip_server.post_form("push/e2ee/register", body)
+        assert refused.status_code == view.status_code == 400, refused.content
+        assert refused.json() == view.json()
+        if msg is not None:
+            assert refused.json()["msg"] == msg
+    assert RemotePushDevice.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_multipart_registration_is_left_to_django(
+    zulip_server: ZulipServer, realm: RemoteRealm
+) -> None:
+    public_key = keys.generate_key().public_key
+    boundary = "xYzZY"
+    fields = {
+        "realm_uuid": str(realm.uuid),
+        "token_id": token_id_of(APNS_TOKEN),
+        "encrypted_push_registration": sealing.seal_registration(registration(), public_key),
+        "bouncer_public_key": public_key,
+    }
+    body = (
+        "".join(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'
+            for k, v in fields.items()
+        )
+        + f"--{boundary}--\r\n"
+    )
+    response = call_endpoint(
+        "POST",
+        REGISTER_PATH,
+        body.encode(),
+        auth=zulip_server.auth,
+        **{"content-type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert response.status_code == 200, response.content
+    assert RemotePushDevice.objects.count() == 1
