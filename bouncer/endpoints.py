@@ -101,6 +101,40 @@ async def _admit(tenant: str, devices: int) -> None:
     metrics.ADMITTED_DELIVERIES.labels(server=label).inc(devices)
 
 
+async def _serve(name: str, scope: Scope, send: Send, work: Callable[[], Awaitable[bytes]]) -> None:
+    """Run an endpoint's work and answer: its success body, or the error in Zulip's envelope
+    (mapped as Django's middleware maps them for the other endpoints)."""
+    started = time.perf_counter()
+    headers: dict[str, str] = {}
+    close = False
+    try:
+        status, body = 200, await work()
+    except BouncerError as e:
+        status, body, headers = e.status, error_body(e), e.headers
+    except BodyTooLarge:
+        error = BouncerError("Request body too large", code=ErrorCode.REQUEST_TOO_LARGE, status=413)
+        status, body, close = 413, error_body(error), True
+    except _UNAVAILABLE as e:
+        # PostgreSQL unreachable or restarting: nothing was sent (the look-ups come first).
+        # The Zulip server retries.
+        logger.error("Database unavailable on %s: %s", scope["path"], e)
+        error = service_unavailable(TEMPORARILY_UNAVAILABLE, retry_after=10)
+        status, body, headers = 503, error_body(error), error.headers
+    except Exception:
+        logger.exception("Unhandled error on %s %s", scope["method"], scope["path"])
+        error = BouncerError(
+            "Internal server error", code=ErrorCode.INTERNAL_SERVER_ERROR, status=500
+        )
+        status, body = 500, error_body(error)
+    await respond(send, status, body, headers=headers.items(), close=close)
+    metrics.record_request(endpoint=name, status=status, seconds=time.perf_counter() - started)
+
+
+async def _authenticate(scope: Scope) -> ServerInfo:
+    auth = header(scope, b"authorization")
+    return await authenticate_server_async(auth.decode("latin-1") if auth else None)
+
+
 def _json_endpoint[M: Params](
     name: str,
     model: type[M],
@@ -108,10 +142,7 @@ def _json_endpoint[M: Params](
     devices: Callable[[M], int],
 ) -> Endpoint:
     async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
-        headers: dict[str, str] = {}
-        close = False
-        try:
+        async def work() -> bytes:
             if scope["method"] != "POST":
                 raise BouncerError(
                     "Method Not Allowed",
@@ -121,37 +152,16 @@ def _json_endpoint[M: Params](
                 )
             _shed_if_queued_too_long(scope)
             raw = await read_body(receive, limit=settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
-            auth = header(scope, b"authorization")
-            server = await authenticate_server_async(auth.decode("latin-1") if auth else None)
+            server = await _authenticate(scope)
             params, ignored = parse_json_bytes(raw, model)
-            tenant = str(server.id)
-            await _admit(tenant, max(1, devices(params)))
+            await _admit(str(server.id), max(1, devices(params)))
             try:
                 data = await handler(server, params)
             finally:
                 gate.leave()
-            status, body = 200, success_body(with_ignored(data or {}, ignored))
-        except BouncerError as e:
-            status, body, headers = e.status, error_body(e), e.headers
-        except BodyTooLarge:
-            error = BouncerError(
-                "Request body too large", code=ErrorCode.REQUEST_TOO_LARGE, status=413
-            )
-            status, body, close = 413, error_body(error), True
-        except _UNAVAILABLE as e:
-            # PostgreSQL unreachable or restarting: nothing was sent (the look-ups come
-            # first). The Zulip server retries.
-            logger.error("Database unavailable on %s: %s", scope["path"], e)
-            error = service_unavailable(TEMPORARILY_UNAVAILABLE, retry_after=10)
-            status, body, headers = 503, error_body(error), error.headers
-        except Exception:
-            logger.exception("Unhandled error on %s %s", scope["method"], scope["path"])
-            error = BouncerError(
-                "Internal server error", code=ErrorCode.INTERNAL_SERVER_ERROR, status=500
-            )
-            status, body = 500, error_body(error)
-        await respond(send, status, body, headers=headers.items(), close=close)
-        metrics.record_request(endpoint=name, status=status, seconds=time.perf_counter() - started)
+            return success_body(with_ignored(data or {}, ignored))
+
+        await _serve(name, scope, send, work)
 
     return endpoint
 
@@ -179,48 +189,25 @@ def _form_endpoint[M: Params](
             if scope["method"] != "POST" or not _plain_form(scope):
                 await django(scope, receive, send)
                 return
-            started = time.perf_counter()
-            headers: dict[str, str] = {}
-            close = False
-            try:
+
+            async def work() -> bytes:
                 raw = await read_body(receive, limit=settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
-                auth = header(scope, b"authorization")
-                server = await authenticate_server_async(auth.decode("latin-1") if auth else None)
-                pairs = parse_qsl(
-                    raw.decode("latin-1"),
-                    keep_blank_values=True,
-                    encoding="utf-8",
-                    errors="replace",
-                    max_num_fields=settings.DATA_UPLOAD_MAX_NUMBER_FIELDS,
-                )
+                server = await _authenticate(scope)
+                try:
+                    # Undecodable bytes become U+FFFD, as Django's QueryDict makes them.
+                    pairs = parse_qsl(
+                        raw.decode("latin-1"),
+                        keep_blank_values=True,
+                        encoding="utf-8",
+                        errors="replace",
+                        max_num_fields=settings.DATA_UPLOAD_MAX_NUMBER_FIELDS,
+                    )
+                except ValueError:  # more fields than allowed
+                    raise BouncerError("Too many parameters") from None
                 params, ignored = parse_form_data(dict(pairs), model)
-                status, body = (
-                    200,
-                    success_body(with_ignored(await handler(server, params), ignored)),
-                )
-            except BouncerError as e:
-                status, body, headers = e.status, error_body(e), e.headers
-            except BodyTooLarge:
-                error = BouncerError(
-                    "Request body too large", code=ErrorCode.REQUEST_TOO_LARGE, status=413
-                )
-                status, body, close = 413, error_body(error), True
-            except ValueError:  # parse_qsl: more fields than allowed
-                status, body = 400, error_body(BouncerError("Too many parameters"))
-            except _UNAVAILABLE as e:
-                logger.error("Database unavailable on %s: %s", scope["path"], e)
-                error = service_unavailable(TEMPORARILY_UNAVAILABLE, retry_after=10)
-                status, body, headers = 503, error_body(error), error.headers
-            except Exception:
-                logger.exception("Unhandled error on %s %s", scope["method"], scope["path"])
-                error = BouncerError(
-                    "Internal server error", code=ErrorCode.INTERNAL_SERVER_ERROR, status=500
-                )
-                status, body = 500, error_body(error)
-            await respond(send, status, body, headers=headers.items(), close=close)
-            metrics.record_request(
-                endpoint=name, status=status, seconds=time.perf_counter() - started
-            )
+                return success_body(with_ignored(await handler(server, params), ignored))
+
+            await _serve(name, scope, send, work)
 
         return endpoint
 
