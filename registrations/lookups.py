@@ -26,9 +26,8 @@ from django.db import connection
 from django.utils import timezone
 
 from bouncer.asyncdb import database
-from bouncer.errors import BouncerError, missing_remote_realm, remote_realm_server_mismatch
 from registrations.models import RemoteRealm, RemoteZulipServer, api_key_matches
-from registrations.realms import LAST_REQUEST_RESOLUTION
+from registrations.realms import LAST_REQUEST_RESOLUTION, parse_realm_uuid, usable_realm
 
 logger = logging.getLogger(__name__)
 
@@ -190,21 +189,12 @@ def realm_table() -> str:
 
 async def find_realm(*, server: ServerInfo, realm_uuid: str, required: bool) -> RealmInfo | None:
     """registrations.realms.find_realm for the event loop: the same answers."""
-    try:
-        parsed = uuid.UUID(realm_uuid)
-    except ValueError:
-        raise BouncerError("Invalid realm_uuid") from None
+    parsed = parse_realm_uuid(realm_uuid)
     realm = await realm_by_uuid(parsed)
-    if realm is None:
-        if required:
-            raise missing_remote_realm()
-        logger.info("Received request for unknown realm %s, server %s", parsed, server.id)
+    owner = realm.server_id if realm is not None else None
+    if not usable_realm(realm_uuid=parsed, owner_id=owner, server_id=server.id, required=required):
         return None
-    if realm.server_id != server.id:
-        logger.warning(
-            "Realm %s of server %s named by server %s", parsed, realm.server_id, server.id
-        )
-        raise remote_realm_server_mismatch()
+    assert realm is not None
     touch_last_request(_REALM_TABLE, realm.id)
     return realm
 

@@ -16,23 +16,37 @@ logger = logging.getLogger(__name__)
 LAST_REQUEST_RESOLUTION = timedelta(seconds=30)
 
 
-def find_realm(*, server: RemoteZulipServer, realm_uuid: str, required: bool) -> RemoteRealm | None:
-    """The realm, 403 if another server owns it; unknown: 403 if required, else None (logged)."""
+def parse_realm_uuid(realm_uuid: str) -> uuid.UUID:
     try:
-        parsed = uuid.UUID(realm_uuid)
+        return uuid.UUID(realm_uuid)
     except ValueError:
         raise BouncerError("Invalid realm_uuid") from None
-    realm = rows.get_by(RemoteRealm, "uuid", parsed)
-    if realm is None:
+
+
+def usable_realm(
+    *, realm_uuid: uuid.UUID, owner_id: int | None, server_id: int, required: bool
+) -> bool:
+    """Zulip's answers for a realm a request names: 403 if another server owns it; unknown
+    (`owner_id` None): 403 if required, else False (logged). True: the server's own realm."""
+    if owner_id is None:
         if required:
             raise missing_remote_realm()
-        logger.info("Received request for unknown realm %s, server %s", parsed, server.pk)
-        return None
-    if realm.server_id != server.pk:
-        logger.warning(
-            "Realm %s of server %s named by server %s", parsed, realm.server_id, server.pk
-        )
+        logger.info("Received request for unknown realm %s, server %s", realm_uuid, server_id)
+        return False
+    if owner_id != server_id:
+        logger.warning("Realm %s of server %s named by server %s", realm_uuid, owner_id, server_id)
         raise remote_realm_server_mismatch()
+    return True
+
+
+def find_realm(*, server: RemoteZulipServer, realm_uuid: str, required: bool) -> RemoteRealm | None:
+    """The realm, 403 if another server owns it; unknown: 403 if required, else None (logged)."""
+    parsed = parse_realm_uuid(realm_uuid)
+    realm = rows.get_by(RemoteRealm, "uuid", parsed)
+    owner = realm.server_id if realm is not None else None
+    if not usable_realm(realm_uuid=parsed, owner_id=owner, server_id=server.pk, required=required):
+        return None
+    assert realm is not None
     touch_last_request(realm)
     return realm
 
