@@ -2,7 +2,7 @@
 
 import logging
 import threading
-from typing import Any
+from typing import Any, cast
 
 from celery import shared_task
 from django.conf import settings
@@ -42,13 +42,29 @@ def schedule_batch(batch: dict[str, Any], delay: float) -> None:
     if settings.CELERY_TASK_ALWAYS_EAGER:
         # No broker (make run): eager mode would ignore the countdown and retry at once.
         timer = threading.Timer(delay, _run_in_process, args=(batch,))
+        _pending.add(timer)
         timer.daemon = True
         timer.start()
         return
     deliver_batch.apply_async(args=(batch,), countdown=delay)
 
 
+# In-process retries not yet run (without a broker they live only in this process).
+_pending: set[threading.Timer] = set()
+
+
+def cancel_in_process_retries() -> int:
+    """Drop the in-process retries still waiting (a test's end: they must not run in the
+    next test's world); how many."""
+    timers = [t for t in list(_pending) if t.is_alive()]
+    for timer in timers:
+        timer.cancel()
+    _pending.clear()
+    return len(timers)
+
+
 def _run_in_process(batch: dict[str, Any]) -> None:
+    _pending.discard(cast(threading.Timer, threading.current_thread()))
     try:
         deliver_batch.apply(args=(batch,))
     finally:

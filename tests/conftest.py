@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bouncer.asgi import DJANGO_THREADS, application
 from bouncer.asyncdb import close_database, close_thread_connections
 from bouncer.endpoints import ROUTES
+from delivery import tasks
 from delivery.relay import get_relay
 from registrations import keys, lookups, sealing
 from registrations.models import RemotePushDevice, RemoteRealm, RemoteZulipServer
@@ -158,6 +159,14 @@ def _endpoint_connections(django_db_setup: None) -> Iterator[None]:
     close_thread_connections()
     # Django's threads inside the ASGI application (the requests the endpoints leave to it).
     close_thread_connections(application.django.executor, DJANGO_THREADS)  # type: ignore[attr-defined]
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_retries() -> Iterator[None]:
+    """A test's in-process retries (no broker) end with it: run later, they would deliver
+    to the next test's fakes, or reach the broker once the test's settings are undone."""
+    yield
+    tasks.cancel_in_process_retries()
 
 
 @pytest.fixture(autouse=True)
