@@ -21,7 +21,6 @@ import uuid
 from pathlib import Path
 
 import jwt
-from django.conf import settings
 
 from delivery import credentials
 from delivery.h2client import ConnectionFailed, H2Client, StreamFailed
@@ -47,15 +46,6 @@ TOKEN_RENEW_SECONDS = 30 * 60
 CONFIG_LOG_INTERVAL_SECONDS = 60.0
 # A device token goes into :path; anything but hex (as registration enforces) never does.
 _TOKEN = re.compile(r"[0-9A-Fa-f]{1,200}")
-
-
-def client_ssl_context(cert_file: str | None = None) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    if settings.PUSH_CA_FILE:
-        context.load_verify_locations(cafile=settings.PUSH_CA_FILE)
-    if cert_file:
-        context.load_cert_chain(cert_file)
-    return context
 
 
 class _ProviderToken:
@@ -96,7 +86,9 @@ class _App:
             self.token.header()  # a key that cannot sign fails here, as a configuration fault
         self.client = H2Client(
             creds.endpoint,
-            ssl_context=client_ssl_context(None if creds.uses_token else creds.cert_file),
+            ssl_context=credentials.client_ssl_context(
+                None if creds.uses_token else creds.cert_file
+            ),
             max_connections=MAX_CONNECTIONS,
         )
 

@@ -15,6 +15,7 @@ entry may also set "endpoint" (otherwise APNS_ENDPOINT, or Apple's host for its 
 """
 
 import json
+import ssl
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -153,3 +154,14 @@ def check_credentials() -> list[str]:
             problems.append(f"FCM_CREDENTIALS_FILE {fcm} lacks {', '.join(missing)}")
     problems += _readable("PUSH_CA_FILE", settings.PUSH_CA_FILE or None)
     return problems
+
+
+def client_ssl_context(cert_file: str | None = None) -> ssl.SSLContext:
+    """TLS for the providers (APNs, FCM and its OAuth endpoint): the system's CAs plus
+    PUSH_CA_FILE; with `cert_file`, an APNs certificate identity presented in the handshake."""
+    context = ssl.create_default_context()
+    if settings.PUSH_CA_FILE:
+        context.load_verify_locations(cafile=settings.PUSH_CA_FILE)
+    if cert_file:
+        context.load_cert_chain(cert_file)
+    return context

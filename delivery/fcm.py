@@ -49,13 +49,6 @@ CONFIG_LOG_INTERVAL_SECONDS = 60.0
 FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
 
 
-def client_ssl_context() -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    if settings.PUSH_CA_FILE:
-        context.load_verify_locations(cafile=settings.PUSH_CA_FILE)
-    return context
-
-
 class _Response(google.auth.transport.Response):
     def __init__(self, response: httpx.Response) -> None:
         self._response = response
@@ -176,7 +169,7 @@ class FcmSender:
         try:
             client = H2Client(
                 f"{endpoint.scheme}://{endpoint.netloc}",
-                ssl_context=client_ssl_context(),
+                ssl_context=credentials.client_ssl_context(),
                 connect_timeout=self.request_timeout,
             )
         except ValueError:
@@ -186,7 +179,7 @@ class FcmSender:
         self._credentials = creds
         self._loaded_from = path
         self._project_id = creds.project_id or ""
-        context = client_ssl_context()
+        context = credentials.client_ssl_context()
         self._auth_client = httpx.Client(http2=True, verify=context, timeout=OAUTH_TIMEOUT_SECONDS)
         self._refresh_lock = asyncio.Lock()
         self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
