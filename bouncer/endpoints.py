@@ -89,7 +89,7 @@ async def _admit(tenant: str, devices: int) -> None:
     label = _labels.label(tenant, devices)
     waits = gate.gate.in_use >= gate.gate.capacity or bool(gate.gate.waiting)
     if not await gate.enter(tenant):
-        metrics.ADMISSION.labels(server=label, decision="shed").inc()
+        metrics.record_admission(server=label, decision="shed", deliveries=devices)
         logger.warning(
             "Overloaded: server %s has %d notifies waiting (%d in progress); answered 503",
             tenant,
@@ -97,8 +97,9 @@ async def _admit(tenant: str, devices: int) -> None:
             gate.in_progress,
         )
         raise service_unavailable(OVERLOADED, retry_after=RETRY_AFTER_SECONDS)
-    metrics.ADMISSION.labels(server=label, decision="queued" if waits else "admitted").inc()
-    metrics.ADMITTED_DELIVERIES.labels(server=label).inc(devices)
+    metrics.record_admission(
+        server=label, decision="queued" if waits else "admitted", deliveries=devices
+    )
 
 
 async def _serve(name: str, scope: Scope, send: Send, work: Callable[[], Awaitable[bytes]]) -> None:

@@ -99,6 +99,12 @@ def record_request(*, endpoint: str, status: int, seconds: float) -> None:
     _child(REQUEST_SECONDS, endpoint).observe(seconds)
 
 
+def record_admission(*, server: str, decision: str, deliveries: int) -> None:
+    _child(ADMISSION, server, decision).inc()
+    if decision != "shed":
+        _child(ADMITTED_DELIVERIES, server).inc(deliveries)
+
+
 class QueueDepthCollector(Collector):
     """Celery's queue length, read from the broker at scrape time."""
 
@@ -255,9 +261,11 @@ class RequestMetricsMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         started = time.perf_counter()
         response = self.get_response(request)
-        endpoint = _endpoint(request)
-        REQUESTS.labels(endpoint=endpoint, status=str(response.status_code)).inc()
-        REQUEST_SECONDS.labels(endpoint=endpoint).observe(time.perf_counter() - started)
+        record_request(
+            endpoint=_endpoint(request),
+            status=response.status_code,
+            seconds=time.perf_counter() - started,
+        )
         return response
 
 
