@@ -51,7 +51,6 @@ def is_postgresql() -> bool:
 class AsyncDatabase:
     def __init__(self) -> None:
         self._pool: AsyncConnectionPool[AsyncConnection[Any]] | None = None
-        self._lock = threading.Lock()
 
     async def _get_pool(self) -> AsyncConnectionPool[AsyncConnection[Any]]:
         if self._pool is None:
@@ -63,8 +62,9 @@ class AsyncDatabase:
                 open=False,
                 name="notify",
             )
-            await pool.open(wait=False)
+            # Published before the first await, so that concurrent first requests share it.
             self._pool = pool
+            await pool.open(wait=False)
         return self._pool
 
     async def fetch(self, sql: str, params: Sequence[Any]) -> list[Row]:
