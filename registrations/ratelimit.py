@@ -125,7 +125,7 @@ class _BatchedCounts:
         pipe = self.client.pipeline(transaction=False)
         for key, count in items:
             pipe.incrby(key, count)
-            pipe.expire(key, self.expires.get(key, 61))
+            pipe.expire(key, self.expires.pop(key, 61))
         try:
             results = await pipe.execute()
         except (redis.RedisError, OSError) as e:
