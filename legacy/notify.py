@@ -25,7 +25,7 @@ from delivery.payloads import LegacyNotifyParams, TestNotificationParams
 from delivery.types import Delivery, Provider, compact_json, fcm_data_size
 from legacy.models import RemotePushDeviceToken, token_digest
 from legacy.retirement import retire_shadowed
-from registrations.lookups import ServerInfo, find_realm
+from registrations.lookups import RealmInfo, ServerInfo, find_realm
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +125,41 @@ def _split(devices: list[RemotePushDeviceToken]) -> _Selection:
     return _Selection(android=android, apple=apple)
 
 
+def _apns_delivery(
+    device: RemotePushDeviceToken, index: int, body: str, expiration: int
+) -> Delivery:
+    """A legacy APNs notification: no priority or push type, kept by Apple for a day."""
+    assert device.ios_app_id
+    return Delivery.apns(
+        index=index,
+        device_id=device.pk,
+        token=device.token,
+        app_id=device.ios_app_id,
+        body=body,
+        priority=None,
+        push_type=None,
+        expiration=expiration,
+    )
+
+
+async def _send(
+    server: ServerInfo,
+    realm: RealmInfo | None,
+    deliveries: list[Delivery],
+    *,
+    now: float,
+    expiration: int,
+) -> dict[int, str]:
+    return await engine.send_request(
+        tenant=str(server.id),
+        server_id=server.id,
+        realm_id=realm.id if realm else None,
+        protocol=PROTOCOL,
+        deliveries=deliveries,
+        give_up_at=engine.retry_window_deadline(now=now, expiration=expiration),
+    )
+
+
 async def notify(*, server: ServerInfo, params: LegacyNotifyParams) -> dict[str, Any]:
     user_uuid = _checked_identity(params.user_id, params.user_uuid)
     realm = None
@@ -169,27 +204,9 @@ async def notify(*, server: ServerInfo, params: LegacyNotifyParams) -> dict[str,
                     device.pk,
                 )
                 continue
-            deliveries.append(
-                Delivery.apns(
-                    index=len(deliveries),
-                    device_id=device.pk,
-                    token=device.token,
-                    app_id=device.ios_app_id,
-                    body=body,
-                    priority=None,
-                    push_type=None,
-                    expiration=expiration,
-                )
-            )
+            deliveries.append(_apns_delivery(device, len(deliveries), body, expiration))
 
-    outcomes = await engine.send_request(
-        tenant=str(server.id),
-        server_id=server.id,
-        realm_id=realm.id if realm else None,
-        protocol=PROTOCOL,
-        deliveries=deliveries,
-        give_up_at=engine.retry_window_deadline(now=now, expiration=expiration),
-    )
+    outcomes = await _send(server, realm, deliveries, now=now, expiration=expiration)
     dead = {
         (d.provider, d.token.lower() if d.provider == Provider.APNS else d.token)
         for d in deliveries
@@ -272,28 +289,12 @@ async def send_test_notification(*, server: ServerInfo, params: TestNotification
         if not device.ios_app_id:
             logger.error("APNs: Missing ios_app_id for device %s", device.pk)
             return
-        delivery = Delivery.apns(
-            index=0,
-            device_id=device.pk,
-            token=device.token,
-            app_id=device.ios_app_id,
-            body=apns_body,
-            priority=None,
-            push_type=None,
-            expiration=expiration,
-        )
+        delivery = _apns_delivery(device, 0, compact_json(apns_body), expiration)
     else:
         delivery = Delivery.fcm(
             index=0, device_id=device.pk, token=device.token, data=fcm_data, priority="high"
         )
-    await engine.send_request(
-        tenant=str(server.id),
-        server_id=server.id,
-        realm_id=realm.id if realm else None,
-        protocol=PROTOCOL,
-        deliveries=[delivery],
-        give_up_at=engine.retry_window_deadline(now=now, expiration=expiration),
-    )
+    await _send(server, realm, [delivery], now=now, expiration=expiration)
 
 
 def expire_dead(dead: list[Delivery]) -> None:
