@@ -19,17 +19,6 @@ from legacy.models import RemotePushDeviceToken
 from registrations import sealing
 from registrations.models import RemotePushDevice, RemoteRealm, RemoteZulipServer
 from tests.conftest import basic_auth, call_endpoint
-
-# The fake APNs and FCM, and settings pointing the bouncer at them (tests/delivery's).
-from tests.delivery.conftest import (  # noqa: F401 - fixtures, found by name
-    apns_key,
-    apns_settings,
-    fake_apns,
-    fake_fcm,
-    fcm_settings,
-    service_account,
-    upstreams,
-)
 from tests.fakes.apns import FakeApns
 from tests.fakes.fcm import FakeFcm
 from tests.properties.conftest import REALM_UUID, SERVER_KEY, SERVER_UUID, check, snapshot
@@ -167,7 +156,7 @@ def send(endpoint: str, request: Request, auth: str | None) -> Any:
     )
 
 
-def still_delivers(fake_apns: FakeApns, fake_fcm: FakeFcm) -> None:  # noqa: F811 - a value here
+def still_delivers(fake_apns: FakeApns, fake_fcm: FakeFcm) -> None:
     """After whatever the examples sent, a valid notification reaches each provider."""
     # Dead-token answers never come from the fakes here, but an example may have been
     # answered otherwise: the devices are made current again first.
@@ -218,8 +207,8 @@ def run_examples(endpoint: str, fields: list[Field]) -> Callable[[], None]:
 def test_notify_endpoints(
     endpoint: str,
     fields: list[Field],
-    fake_apns: FakeApns,  # noqa: F811 - the fixture imported above
-    fake_fcm: FakeFcm,  # noqa: F811
+    fake_apns: FakeApns,
+    fake_fcm: FakeFcm,
 ) -> None:
     run_examples(endpoint, fields)()
     still_delivers(fake_apns, fake_fcm)
