@@ -1,7 +1,7 @@
-"""Servers and realms for the notify path, cached in each web process.
+"""Servers, realms and E2EE devices for the notify path, cached in each web process.
 
-Every notify starts with its server (authentication) and its realm. Read from PostgreSQL each
-time, they were two of the request's three round trips. Cached, they are read once per
+Every notify starts with its server (authentication), its realm and its devices. Read from
+PostgreSQL each time, they were the request's three round trips. Cached, they are read once per
 BOUNCER_CACHE_MAX_SECONDS, and a change is pushed rather than waited out: whatever saves a
 server or realm (the registration endpoints, the admin, a command) publishes its uuid in Redis
 once committed (`publish_change`), and every web process polls that list every half
@@ -16,6 +16,7 @@ import functools
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -118,8 +119,56 @@ class _Cache[K, V]:
         self._entries[key] = (time.monotonic(), value)
 
 
+# device_id, token_id, token, token_kind, ios_app_id of an unexpired E2EE device.
+DeviceRow = tuple[int, int, str, str, str | None]
+
+
+class _DeviceCache:
+    """Unexpired E2EE devices by realm, found by ("token_id", id) or ("device_id", id).
+
+    Only devices found are kept: a device registered a moment ago in another process must
+    not be answered "unknown" (the Zulip server would delete it). What makes an entry wrong:
+    an expiry (a dead token), which publishes the realm; a re-registration cannot, since a
+    row's token_id is computed from its token, and a token belongs to one app. A realm's
+    entries go when the realm is named in a change, and every entry ages out as servers do.
+    """
+
+    MAX_ENTRIES = 200_000
+
+    def __init__(self) -> None:
+        self._by_realm: dict[uuid.UUID, dict[tuple[str, int], tuple[float, DeviceRow]]] = {}
+        self._size = 0
+
+    def get(self, realm: uuid.UUID, key: tuple[str, int]) -> DeviceRow | None:
+        entries = self._by_realm.get(realm)
+        entry = entries.get(key) if entries is not None else None
+        if entry is None or time.monotonic() - entry[0] > _max_age():
+            return None
+        return entry[1]
+
+    def put(self, realm: uuid.UUID, rows: list[DeviceRow]) -> None:
+        if self._size > self.MAX_ENTRIES:
+            self.clear()
+        entries = self._by_realm.setdefault(realm, {})
+        before = len(entries)
+        now = time.monotonic()
+        for row in rows:
+            entries[("device_id", row[0])] = entries[("token_id", row[1])] = (now, row)
+        self._size += len(entries) - before
+
+    def forget(self, realm: uuid.UUID) -> None:
+        entries = self._by_realm.pop(realm, None)
+        if entries is not None:
+            self._size -= len(entries)
+
+    def clear(self) -> None:
+        self._by_realm.clear()
+        self._size = 0
+
+
 _servers: _Cache[uuid.UUID, ServerInfo] = _Cache()
 _realms: _Cache[uuid.UUID, RealmInfo] = _Cache()
+devices = _DeviceCache()
 _last_touched: dict[tuple[str, int], float] = {}
 _background: set[asyncio.Task[None]] = set()
 
@@ -203,18 +252,19 @@ def forget_all() -> None:
     """Drop every cached server and realm (tests; an operator never needs it)."""
     _servers.clear()
     _realms.clear()
+    devices.clear()
     _last_touched.clear()
 
 
-def publish_change(values: list[uuid.UUID | str]) -> None:
-    """Tell every web process to forget these servers or realms (sync: Django's side).
+def publish_change(values: Sequence[uuid.UUID | str]) -> None:
+    """Tell every web process to forget these servers or realms, and the realms' devices
+    (sync: Django's side).
 
     Call it once the change is committed (transaction.on_commit), or a process could read
     and cache the old row again in between."""
     uuids = [uuid.UUID(str(value)) for value in values]
     for value in uuids:
-        _servers.forget(value)
-        _realms.forget(value)
+        _forget(value)
     if not settings.REDIS_URL or not uuids:
         return
     try:
@@ -271,7 +321,12 @@ async def _poll(client: redis.asyncio.Redis) -> None:
             for member in changed:
                 text = member.decode() if isinstance(member, bytes) else str(member)
                 _, _, value = text.partition(":")
-                key = uuid.UUID(value)
-                _servers.forget(key)
-                _realms.forget(key)
+                _forget(uuid.UUID(value))
     _watch.version = version
+
+
+def _forget(value: uuid.UUID) -> None:
+    # A uuid names a server or a realm; the tables never share one.
+    _servers.forget(value)
+    _realms.forget(value)
+    devices.forget(value)

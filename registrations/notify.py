@@ -3,8 +3,9 @@
 
 import time
 from collections import defaultdict
-from typing import Any
+from typing import Any, cast
 
+from django.db import transaction
 from django.utils import timezone
 
 from bouncer.asyncdb import database
@@ -12,8 +13,9 @@ from bouncer.errors import BouncerError, ErrorCode
 from delivery import engine
 from delivery.payloads import ApnsPushRequest, E2EENotifyParams, e2ee_apns_body, e2ee_fcm_data
 from delivery.types import Delivery
+from registrations import lookups
 from registrations.devices import decode_token_id
-from registrations.lookups import ServerInfo, find_realm
+from registrations.lookups import DeviceRow, RealmInfo, ServerInfo, find_realm
 from registrations.models import RemotePushDevice
 
 # A billing-free bouncer always lets a realm push (spec part 1 section 8).
@@ -42,18 +44,33 @@ def active_devices_condition(
 
 
 async def _active_devices(
-    *, realm_id: int, token_ids: set[int], device_ids: set[int]
-) -> list[tuple[Any, ...]]:
-    """(device_id, token_id, token, token_kind, ios_app_id) of the named, unexpired devices."""
-    query = active_devices_condition(realm_id=realm_id, token_ids=token_ids, device_ids=device_ids)
+    *, realm: RealmInfo, token_ids: set[int], device_ids: set[int]
+) -> list[DeviceRow]:
+    """(device_id, token_id, token, token_kind, ios_app_id) of the named, unexpired devices:
+    from this process's cache, and from PostgreSQL for those it does not hold."""
+    found: list[DeviceRow] = []
+    unknown: dict[str, set[int]] = {"token_id": set(), "device_id": set()}
+    for kind, values in (("token_id", token_ids), ("device_id", device_ids)):
+        for value in values:
+            row = lookups.devices.get(realm.uuid, (kind, value))
+            if row is None:
+                unknown[kind].add(value)
+            else:
+                found.append(row)
+    query = active_devices_condition(
+        realm_id=realm.id, token_ids=unknown["token_id"], device_ids=unknown["device_id"]
+    )
     if query is None:
-        return []
+        return found
     condition, params = query
-    return await database().fetch(
+    rows = await database().fetch(
         f"SELECT device_id, token_id, token, token_kind, ios_app_id FROM {_DEVICE_TABLE} "  # noqa: S608 - names from the model
         f"WHERE {condition}",
         params,
     )
+    devices = cast(list[DeviceRow], rows)
+    lookups.devices.put(realm.uuid, devices)
+    return found + devices
 
 
 async def notify(*, server: ServerInfo, params: E2EENotifyParams) -> dict[str, Any]:
@@ -74,7 +91,7 @@ async def notify(*, server: ServerInfo, params: E2EENotifyParams) -> dict[str, A
             )
     token_ids = {value for kind, value in keys if kind == "token_id"}
     device_ids = {value for kind, value in keys if kind == "device_id"}
-    found = await _active_devices(realm_id=realm.id, token_ids=token_ids, device_ids=device_ids)
+    found = await _active_devices(realm=realm, token_ids=token_ids, device_ids=device_ids)
     by_token_id = {row[1]: row for row in found}
     by_device_id = {row[0]: row for row in found}
 
@@ -153,7 +170,11 @@ async def notify(*, server: ServerInfo, params: E2EENotifyParams) -> dict[str, A
 
 
 def expire_dead(dead: list[Delivery]) -> None:
-    """A dead E2EE device is soft-expired; the Zulip server learns it from the answer."""
-    RemotePushDevice.objects.filter(
+    """A dead E2EE device is soft-expired; the Zulip server learns it from the answer. Its
+    realm is published, so that no web process keeps sending to it from its cache."""
+    devices = RemotePushDevice.objects.filter(
         device_id__in=[d.device_id for d in dead], expired_time__isnull=True
-    ).update(expired_time=timezone.now())
+    )
+    realms = list(devices.values_list("remote_realm__uuid", flat=True).distinct())
+    if devices.update(expired_time=timezone.now()):
+        transaction.on_commit(lambda: lookups.publish_change(realms))
