@@ -34,6 +34,8 @@ from h2.events import (
 )
 from h2.exceptions import H2Error
 
+from delivery.header_encoder import Encoder
+
 
 class ConnectionFailed(Exception):
     """The connection (or the stream) ended before the request's answer came."""
@@ -79,6 +81,8 @@ class _Stream:
 class _Connection(asyncio.Protocol):
     def __init__(self) -> None:
         self.h2 = H2Connection(client_config())
+        # What h2 uses of hpack's encoder, for our requests' headers (header_encoder.py).
+        self.h2.encoder = Encoder()  # type: ignore[assignment]
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, _Stream] = {}
         self.closed = False
