@@ -4,13 +4,17 @@ import base64
 import binascii
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 
-from django.db import connection
+from django.db import close_old_connections, connection
 from django.utils import timezone
+from nacl.public import PrivateKey
 
+from bouncer.asyncdb import database, in_thread
 from bouncer.errors import BouncerError, ErrorCode, service_unavailable
-from registrations import keys, sealing
+from registrations import keys, lookups, sealing
+from registrations.lookups import ServerInfo
 from registrations.models import RemotePushDevice, RemoteRealm, RemoteZulipServer
 from registrations.realms import find_realm
 
@@ -59,28 +63,104 @@ def register_device(
     try:
         private = keys.private_key_for(bouncer_public_key)
     except keys.KeyUnavailable as e:
-        logger.critical("%s: E2EE registrations to it are refused until it is fixed", e)
-        raise service_unavailable(
-            "Push registration service misconfigured, retry later", retry_after=60
-        ) from None
-    if private is None:
-        raise BouncerError("Invalid bouncer_public_key", code=ErrorCode.INVALID_BOUNCER_PUBLIC_KEY)
-    try:
-        registration = sealing.open_registration(encrypted_push_registration, private)
-    except sealing.InvalidRegistration as e:
-        logger.info("E2EE registration for realm %s refused: %s", realm.uuid, e)
-        raise invalid_registration() from None
-    computed_token_id = sealing.token_id_int(registration.token)
-    if claimed_token_id is not None and claimed_token_id != computed_token_id:
-        raise invalid_registration()
-    if time.time() - registration.timestamp > REGISTRATION_LIVENESS_SECONDS:
-        raise BouncerError("Request expired", code=ErrorCode.REQUEST_EXPIRED)
+        raise _misconfigured(e) from None
+    registration, computed_token_id = _open(
+        private, encrypted_push_registration, claimed_token_id, realm_uuid=realm.uuid
+    )
     device, has_legacy_tokens = _upsert(
         server=server, realm=realm, registration=registration, token_id=computed_token_id
     )
     if has_legacy_tokens:
         retire_matching_legacy_tokens(server=server, realm=realm, device=device)
     return Registered(device_id=device.device_id)
+
+
+async def register_device_async(
+    *,
+    server: ServerInfo,
+    realm_uuid: str,
+    bouncer_public_key: str,
+    encrypted_push_registration: str,
+    token_id: str | None,
+) -> Registered:
+    """register_device from the event loop, with the same answers: server and realm from the
+    notify path's caches, the key pair and the upsert through the async pool; only a phone
+    with legacy rows to retire takes a hand-off to an ORM thread."""
+    claimed_token_id = decode_token_id(token_id) if token_id is not None else None
+    realm = await lookups.find_realm(server=server, realm_uuid=realm_uuid, required=True)
+    assert realm is not None
+    try:
+        private = await keys.private_key_for_async(bouncer_public_key)
+    except keys.KeyUnavailable as e:
+        raise _misconfigured(e) from None
+    registration, computed_token_id = _open(
+        private, encrypted_push_registration, claimed_token_id, realm_uuid=realm.uuid
+    )
+    from legacy.retirement import same_phone_condition
+
+    now = timezone.now()
+    legacy_condition, legacy_params = same_phone_condition(
+        server_id=server.id,
+        realm_id=realm.id,
+        token_kind=registration.token_kind,
+        token=registration.token,
+    )
+    stamp = connection.ops.adapt_datetimefield_value(now)
+    [(device_id, has_legacy_tokens)] = await database().fetch(
+        _upsert_sql(legacy_condition),
+        [
+            realm.id,
+            computed_token_id,
+            registration.token,
+            registration.token_kind,
+            registration.ios_app_id,
+            stamp,
+            stamp,
+            *legacy_params,
+        ],
+    )
+    if has_legacy_tokens:
+        await in_thread(_retire_in_thread, server.id, realm.id, device_id)
+    return Registered(device_id=device_id)
+
+
+def _retire_in_thread(server_id: int, realm_id: int, device_id: int) -> None:
+    close_old_connections()
+    retire_matching_legacy_tokens(
+        server=RemoteZulipServer.objects.get(pk=server_id),
+        realm=RemoteRealm.objects.get(pk=realm_id),
+        device=RemotePushDevice.objects.get(pk=device_id),
+    )
+
+
+def _misconfigured(e: keys.KeyUnavailable) -> BouncerError:
+    logger.critical("%s: E2EE registrations to it are refused until it is fixed", e)
+    return service_unavailable(
+        "Push registration service misconfigured, retry later", retry_after=60
+    )
+
+
+def _open(
+    private: PrivateKey | None,
+    encrypted_push_registration: str,
+    claimed_token_id: int | None,
+    *,
+    realm_uuid: uuid.UUID,
+) -> tuple[sealing.PushRegistration, int]:
+    """The sealed registration opened and checked; with its token id, computed."""
+    if private is None:
+        raise BouncerError("Invalid bouncer_public_key", code=ErrorCode.INVALID_BOUNCER_PUBLIC_KEY)
+    try:
+        registration = sealing.open_registration(encrypted_push_registration, private)
+    except sealing.InvalidRegistration as e:
+        logger.info("E2EE registration for realm %s refused: %s", realm_uuid, e)
+        raise invalid_registration() from None
+    computed_token_id = sealing.token_id_int(registration.token)
+    if claimed_token_id is not None and claimed_token_id != computed_token_id:
+        raise invalid_registration()
+    if time.time() - registration.timestamp > REGISTRATION_LIVENESS_SECONDS:
+        raise BouncerError("Request expired", code=ErrorCode.REQUEST_EXPIRED)
+    return registration, computed_token_id
 
 
 def _upsert(
@@ -97,7 +177,6 @@ def _upsert(
 
     In plain SQL, as the look-ups are (bouncer/rows.py): through the ORM's bulk_create this
     one statement cost more Python than the rest of the registration's statements."""
-    from legacy.models import RemotePushDeviceToken
     from legacy.retirement import same_phone_condition
 
     now = timezone.now()
@@ -117,9 +196,7 @@ def _upsert(
     stamp = connection.ops.adapt_datetimefield_value(now)
     with connection.cursor() as cursor:
         cursor.execute(
-            _UPSERT.format(
-                legacy=RemotePushDeviceToken._meta.db_table, legacy_condition=legacy_condition
-            ),
+            _upsert_sql(legacy_condition),
             [
                 realm.pk,
                 token_id,
@@ -149,6 +226,14 @@ _UPSERT = f"""
         last_registered = excluded.last_registered,
         expired_time = NULL
     RETURNING device_id, EXISTS (SELECT 1 FROM {{legacy}} WHERE {{legacy_condition}})"""  # noqa: S608 - table names come from the models
+
+
+def _upsert_sql(legacy_condition: str) -> str:
+    from legacy.models import RemotePushDeviceToken
+
+    return _UPSERT.format(
+        legacy=RemotePushDeviceToken._meta.db_table, legacy_condition=legacy_condition
+    )
 
 
 def retire_matching_legacy_tokens(

@@ -2,13 +2,11 @@
 
 from typing import Annotated, Any
 
-from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 from pydantic import Field
 
-from bouncer.asyncdb import in_thread
 from bouncer.errors import BouncerError, ErrorCode, success_response
 from bouncer.params import Params, parse_form, with_ignored
 from registrations import devices
@@ -26,13 +24,17 @@ class RegisterDeviceParams(Params):
     push_account_id: Annotated[int, Field(ge=0)] | None = None
 
 
-def register(*, server: RemoteZulipServer, params: RegisterDeviceParams) -> dict[str, Any]:
+def _require_token(params: RegisterDeviceParams) -> None:
     if params.token_id is None and params.push_account_id is None:
         raise BouncerError(
             "Missing 'token_id' argument",
             code=ErrorCode.REQUEST_VARIABLE_MISSING,
             data={"var_name": "token_id"},
         )
+
+
+def register(*, server: RemoteZulipServer, params: RegisterDeviceParams) -> dict[str, Any]:
+    _require_token(params)
     registered = devices.register_device(
         server=server,
         realm_uuid=params.realm_uuid,
@@ -52,15 +54,16 @@ def register_push_device(request: HttpRequest) -> HttpResponse:
     return success_response(with_ignored(register(server=server, params=params), ignored))
 
 
-def _register_in_thread(server_id: int, params: RegisterDeviceParams) -> dict[str, Any]:
-    close_old_connections()
-    server = RemoteZulipServer.objects.get(pk=server_id)
-    return register(server=server, params=params)
-
-
 async def register_push_device_async(
     server: ServerInfo, params: RegisterDeviceParams
 ) -> dict[str, Any]:
-    """The same, from the event loop (bouncer/endpoints.py): the sealed box is opened and the
-    row written in one hand-off to an ORM thread."""
-    return await in_thread(_register_in_thread, server.id, params)
+    """The same, from the event loop (bouncer/endpoints.py)."""
+    _require_token(params)
+    registered = await devices.register_device_async(
+        server=server,
+        realm_uuid=params.realm_uuid,
+        bouncer_public_key=params.bouncer_public_key,
+        encrypted_push_registration=params.encrypted_push_registration,
+        token_id=params.token_id,
+    )
+    return {"device_id": registered.device_id}

@@ -17,6 +17,7 @@ from nacl.exceptions import CryptoError
 from nacl.public import PrivateKey
 
 from bouncer import rows
+from bouncer.asyncdb import database
 from registrations import sealing
 from registrations.models import AuditLog, BouncerKeyPair
 
@@ -166,26 +167,52 @@ def private_key_for(public_key: str) -> PrivateKey | None:
     """The private key for an accepted public key; None when unknown or retired.
 
     Raises KeyUnavailable when the pair exists but cannot be opened."""
-    env_private = _env_keys().get(public_key)
-    if env_private is not None:
-        cache_key = (public_key, env_private.encode())
-        with _cache_lock:
-            cached = _opened.get(cache_key)
-        if cached is None:
-            cached = sealing.private_key_from_b64(env_private)
-            with _cache_lock:
-                _opened[cache_key] = cached
-        return cached
+    env = _env_private_key(public_key)
+    if env is not None:
+        return env
     # In plain SQL: it runs on every registration (bouncer/rows.py says why).
     pair = rows.get_by(BouncerKeyPair, "public_key", public_key)
     if pair is None or pair.retired_at is not None:
         return None
-    sealed = pair.sealed_private_key
-    cache_key = (public_key, bytes(sealed))
+    return _opened_key(public_key, bytes(pair.sealed_private_key))
+
+
+async def private_key_for_async(public_key: str) -> PrivateKey | None:
+    """private_key_for from the event loop: the pair read through the async pool. Read on
+    every registration, not cached, so that a retirement takes effect at once."""
+    env = _env_private_key(public_key)
+    if env is not None:
+        return env
+    found = await database().fetch(
+        f"SELECT sealed_private_key, retired_at FROM {BouncerKeyPair._meta.db_table} "  # noqa: S608 - table name from the model
+        "WHERE public_key = %s",
+        [public_key],
+    )
+    if not found or found[0][1] is not None:
+        return None
+    return _opened_key(public_key, bytes(found[0][0]))
+
+
+def _env_private_key(public_key: str) -> PrivateKey | None:
+    env_private = _env_keys().get(public_key)
+    if env_private is None:
+        return None
+    cache_key = (public_key, env_private.encode())
     with _cache_lock:
         cached = _opened.get(cache_key)
     if cached is None:
-        cached = _open(public_key, bytes(sealed))
+        cached = sealing.private_key_from_b64(env_private)
+        with _cache_lock:
+            _opened[cache_key] = cached
+    return cached
+
+
+def _opened_key(public_key: str, sealed: bytes) -> PrivateKey:
+    cache_key = (public_key, sealed)
+    with _cache_lock:
+        cached = _opened.get(cache_key)
+    if cached is None:
+        cached = _open(public_key, sealed)
         with _cache_lock:
             _opened[cache_key] = cached
     return cached

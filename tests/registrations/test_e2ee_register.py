@@ -1,7 +1,12 @@
-"""`POST push/e2ee/register` with payloads sealed to the bouncer's real public key (spec 4)."""
+"""`POST push/e2ee/register` with payloads sealed to the bouncer's real public key (spec 4).
+
+The web server reads a plain urlencoded registration on its event loop (bouncer/endpoints.py,
+registrations/devices.register_device_async) and leaves other encodings to Django's view
+(register_device): every test that registers through `register` runs against both."""
 
 import base64
 import time
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlencode
 
@@ -43,6 +48,19 @@ def token_id_of(token: str) -> str:
     return sealing.token_id_b64(sealing.token_id_int(token))
 
 
+pytestmark = pytest.mark.django_db(transaction=True)
+REGISTER_PATH = "/api/v1/remotes/push/e2ee/register"
+_via = "event loop"
+
+
+@pytest.fixture(autouse=True, params=["event loop", "django"])
+def via(request: pytest.FixtureRequest) -> Iterator[str]:
+    global _via  # what `register` posts through, for this test
+    _via = request.param
+    yield request.param
+    _via = "event loop"
+
+
 def register(
     server: ZulipServer,
     realm: RemoteRealm,
@@ -57,7 +75,16 @@ def register(
         "bouncer_public_key": public_key,
     }
     form.update(fields)
-    return server.post_form("push/e2ee/register", {k: v for k, v in form.items() if v is not None})
+    body = {k: v for k, v in form.items() if v is not None}
+    if _via == "django":
+        return server.post_form("push/e2ee/register", body)
+    return call_endpoint(
+        "POST",
+        REGISTER_PATH,
+        urlencode(body).encode(),
+        auth=server.auth,
+        **{"content-type": "application/x-www-form-urlencoded"},
+    )
 
 
 def assert_error(response: Any, status: int, msg: str, code: str) -> None:
@@ -332,9 +359,7 @@ def test_a_wrong_key_encryption_key_is_a_503_and_fails_the_database_check(
     call_command("check")  # other commands (bouncer_keys, to repair it) still run
 
 
-# The web server takes a plain urlencoded registration on its event loop (bouncer/endpoints.py)
-# and leaves other encodings to Django's view; both must answer alike.
-REGISTER_PATH = "/api/v1/remotes/push/e2ee/register"
+# The same refusals on both paths, compared request by request.
 
 
 @pytest.mark.django_db(transaction=True)
@@ -409,3 +434,26 @@ def test_a_multipart_registration_is_left_to_django(
     )
     assert response.status_code == 200, response.content
     assert RemotePushDevice.objects.count() == 1
+
+
+def test_a_phone_moving_to_e2ee_retires_its_legacy_token_on_either_path(
+    zulip_server: ZulipServer, realm: RemoteRealm, bouncer_key: BouncerKeyPair
+) -> None:
+    from legacy.models import RemotePushDeviceToken
+
+    RemotePushDeviceToken.objects.create(
+        server=zulip_server.row,
+        token=APNS_TOKEN.upper(),  # Zulip servers have sent either case
+        kind=RemotePushDeviceToken.Kind.APNS,
+        remote_realm=realm,
+        user_id=7,
+        ios_app_id="org.zulip.Zulip",
+    )
+    other = RemotePushDeviceToken.objects.create(
+        server=zulip_server.row, token="ab" * 32, kind=RemotePushDeviceToken.Kind.APNS, user_id=7
+    )
+    response = register(zulip_server, realm, bouncer_key.public_key, registration())
+    assert response.status_code == 200, response.content
+    assert list(RemotePushDeviceToken.objects.all()) == [other]
+    zulip_server.row.refresh_from_db()
+    assert zulip_server.row.legacy_tokens_retired == 1
