@@ -40,6 +40,9 @@ class Delivery:
     priority: str | None = None  # APNs "10" / "5" / "1"; FCM "high" / "normal"
     push_type: str | None = None  # APNs apns-push-type
     expiration: int | None = None  # APNs apns-expiration (epoch seconds)
+    # APNs apns-topic when it is not `app_id` (Matrix: `app_id` names the configured app,
+    # whose credentials sign, and the topic is that app's bundle id).
+    topic: str | None = None
 
     @classmethod
     def apns(
@@ -53,6 +56,7 @@ class Delivery:
         priority: int | None,
         push_type: str | None,
         expiration: int | None,
+        topic: str | None = None,
     ) -> Self:
         text = body if isinstance(body, str) else compact_json(body)
         return cls(
@@ -66,6 +70,7 @@ class Delivery:
             priority=None if priority is None else str(priority),
             push_type=push_type,
             expiration=expiration,
+            topic=topic,
         )
 
     @classmethod
@@ -79,14 +84,16 @@ class Delivery:
         data_json: str | None = None,
         data_size: int | None = None,
         priority: str,
+        app_id: str = "",
     ) -> Self:
-        """`data_json` and `data_size` may be given when many devices share the same data."""
+        """`data_json` and `data_size` may be given when many devices share the same data.
+        `app_id` is empty for the settings' FCM project, else the app whose account sends."""
         return cls(
             index=index,
             provider=Provider.FCM,
             device_id=device_id,
             token=token,
-            app_id="",
+            app_id=app_id,
             payload=data_json if data_json is not None else compact_json(data),
             size=data_size if data_size is not None else fcm_data_size(data),
             priority=priority,
