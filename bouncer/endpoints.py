@@ -292,7 +292,7 @@ async def _matrix_notify(scope: Scope, receive: Receive, send: Send) -> None:
             raise MatrixError("Request body too large", errcode="M_TOO_LARGE", status=413) from None
         try:
             body = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise MatrixError("Expected JSON request body", errcode="M_NOT_JSON") from None
         try:
             notification = parse_body(body)

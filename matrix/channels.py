@@ -19,6 +19,7 @@ ENABLED = "enabled"
 DISABLED = "disabled"
 NOT_SET = "not_set"
 MAX_PUSHKEY_BYTES = 512  # Matrix's bound on a pushkey
+MAX_APP_ID_BYTES = 255  # the column's size (Matrix: 64 characters)
 MAX_CHANGES = 100
 
 _TABLE = DeviceChannel._meta.db_table
@@ -36,8 +37,18 @@ def app_for(app_id: str | None) -> MatrixApp:
     return app
 
 
+def storable(text: str, max_bytes: int = MAX_PUSHKEY_BYTES) -> bool:
+    """Text a channel row can hold: UTF-8 (no lone surrogate), no NUL (PostgreSQL refuses
+    both), within the column. No device with any other pushkey or app id has channels."""
+    try:
+        size = len(text.encode())
+    except UnicodeEncodeError:
+        return False
+    return 0 < size <= max_bytes and "\x00" not in text
+
+
 def _checked_pushkey(pushkey: str) -> str:
-    if not pushkey or len(pushkey.encode("utf-8", "replace")) > MAX_PUSHKEY_BYTES:
+    if not storable(pushkey):
         raise MatrixError("Invalid pushkey", errcode="M_INVALID_PARAM")
     return pushkey
 
@@ -50,6 +61,8 @@ def available(*, app_id: str | None) -> dict[str, Any]:
 def device_channels(*, app_id: str | None, pushkey: str) -> dict[str, Any]:
     app = app_for(app_id)
     assert app_id is not None
+    if not storable(app_id, MAX_APP_ID_BYTES):
+        raise MatrixError("Invalid app_id", errcode="M_INVALID_PARAM")
     states = dict(
         DeviceChannel.objects.filter(app_id=app_id, pushkey=_checked_pushkey(pushkey)).values_list(
             "channel", "enabled"
@@ -90,6 +103,8 @@ def update(*, app_id: str | None, pushkey: str, body: Any) -> dict[str, Any]:
     any of them is invalid."""
     app = app_for(app_id)
     assert app_id is not None
+    if not storable(app_id, MAX_APP_ID_BYTES):
+        raise MatrixError("Invalid app_id", errcode="M_INVALID_PARAM")
     pushkey = _checked_pushkey(pushkey)
     changes = _changes(app, body)
     with transaction.atomic():
@@ -111,7 +126,10 @@ async def enabled_pushkeys(
     """Of each (app_id, channel)'s pushkeys, those whose device enabled that channel."""
     conditions: list[str] = []
     params: list[Any] = []
-    for (app_id, channel), pushkeys in wanted.items():
+    for (app_id, channel), named in wanted.items():
+        pushkeys = [p for p in named if storable(p)]
+        if not (pushkeys and storable(app_id, MAX_APP_ID_BYTES) and storable(channel, 255)):
+            continue
         conditions.append(
             f"(app_id = %s AND channel = %s AND pushkey IN ({', '.join(['%s'] * len(pushkeys))}))"
         )

@@ -12,6 +12,9 @@ from typing import Any
 # Sygnal has no bound; a homeserver sends one device per pusher. A bound keeps one request
 # from holding a web process for long; beyond it the request is refused (400), never cut.
 MAX_DEVICES = 1000
+# Deeper JSON than any notification needs; payload building copies and encodes what is
+# nested (content, default_payload) by recursion, which a deep enough value would exhaust.
+MAX_DEPTH = 32
 
 
 class InvalidNotification(Exception):
@@ -88,7 +91,22 @@ def _device(raw: Any, index: int) -> Device:
     )
 
 
+def _too_deep(value: Any, limit: int) -> bool:
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack += [(v, depth + 1) for v in item.values()]
+        elif isinstance(item, list):
+            stack += [(v, depth + 1) for v in item]
+    return False
+
+
 def parse_body(body: Any) -> Notification:
+    if _too_deep(body, MAX_DEPTH):
+        raise InvalidNotification(f"JSON nested deeper than {MAX_DEPTH} levels")
     if not isinstance(body, dict) or not isinstance(body.get("notification"), dict):
         raise InvalidNotification("Invalid notification: expecting object in 'notification' key")
     raw: dict[str, Any] = body["notification"]

@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import path, re_path
 
 from matrix import views
 
@@ -6,4 +6,6 @@ urlpatterns = [
     path("channels", views.available_channels),
     # A base64 pushkey may hold "/" (sent as %2F, decoded before routing).
     path("channels/<path:pushkey>", views.device_channels),
+    # Anything else under the gateway's prefix: Matrix's "unrecognized", in its shape.
+    re_path(r"^", views.unrecognized),
 ]

@@ -36,7 +36,7 @@ def _method_not_allowed(allowed: str) -> HttpResponse:
 def _json_body(request: HttpRequest) -> Any:
     try:
         return json.loads(request.body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         raise MatrixError("Expected a JSON object", errcode="M_NOT_JSON") from None
 
 
@@ -62,3 +62,9 @@ def device_channels(request: HttpRequest, pushkey: str) -> HttpResponse:
 
         return _answer(request, work)
     return _method_not_allowed("GET, POST")
+
+
+def unrecognized(request: HttpRequest) -> HttpResponse:
+    return matrix_error_response(
+        MatrixError("Unrecognized request", errcode="M_UNRECOGNIZED", status=404)
+    )

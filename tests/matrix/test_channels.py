@@ -28,7 +28,7 @@ def get(path: str, app_id: str = FCM_APP) -> Any:
 
 def post(pushkey: str, body: Any, app_id: str = FCM_APP) -> Any:
     return Client().post(
-        f"{BASE}/{quote(pushkey, safe='')}?app_id={app_id}",
+        f"{BASE}/{quote(pushkey, safe='', errors='surrogatepass')}?app_id={app_id}",
         data=json.dumps(body),
         content_type="application/json",
     )
@@ -150,3 +150,22 @@ def test_an_event_type_mapped_to_a_channel_goes_only_where_it_is_enabled(
 
     assert len(fake_fcm.messages_for(enabled)) == 1
     assert fake_fcm.messages_for(unset) == []
+
+
+def test_a_pushkey_no_row_can_hold_has_no_channel_enabled(fake_fcm: FakeFcm) -> None:
+    odd = "k\x00\ud800"
+    assert post(odd, {"channels": [{"id": "calls", "status": "enabled"}]}).status_code in (
+        400,
+        404,
+    )
+
+    response = notify(message([device(FCM_APP, odd, data={"channel": "calls"})], type="x"))
+
+    assert response.json() == {"rejected": []}
+    assert fake_fcm.messages == []
+
+
+def test_other_paths_under_the_gateway_are_unrecognized() -> None:
+    response = Client().get("/_matrix/push/v1/channels/")
+    assert response.status_code == 404
+    assert response.json()["errcode"] == "M_UNRECOGNIZED"
