@@ -3,6 +3,7 @@
 import base64
 import json
 import secrets
+from pathlib import Path
 
 import pytest
 from pytest_django.fixtures import Settings
@@ -10,7 +11,7 @@ from pytest_django.fixtures import Settings
 from delivery.models import DeliveryAttempt
 from tests.conftest import call_endpoint, wait_until
 from tests.fakes.apns import Answer, FakeApns
-from tests.fakes.fcm import FakeFcm, FcmAnswer
+from tests.fakes.fcm import FakeFcm, FcmAnswer, ServiceAccount
 from tests.matrix.conftest import (
     APNS_APP,
     APNS_PUSHKEY,
@@ -201,6 +202,33 @@ def test_fcm_low_priority_is_normal(fake_fcm: FakeFcm) -> None:
     [sent] = fake_fcm.messages_for(FCM_PUSHKEY)
     assert sent["android"] == {"priority": "normal"}
     assert sent["data"]["prio"] == "normal"
+
+
+def test_the_apps_fcm_project_is_used_whatever_the_settings_project(
+    settings: Settings, fake_fcm: FakeFcm, tmp_path: Path
+) -> None:
+    # Zulip's own FCM project: one the fake does not know (its OAuth refuses the account).
+    other = tmp_path / "zulip-project.json"
+    other.write_text(ServiceAccount.generate("zulip-project").file_content(fake_fcm.token_uri))
+    settings.FCM_CREDENTIALS_FILE = str(other)
+
+    response = notify(message([device(FCM_APP, FCM_PUSHKEY)], type="m.room.x"))
+
+    assert response.json() == {"rejected": []}
+    assert len(fake_fcm.messages_for(FCM_PUSHKEY)) == 1
+
+
+def test_an_unanswered_delivery_is_answered_within_the_wait_and_kept(
+    settings: Settings, fake_apns: FakeApns
+) -> None:
+    settings.NOTIFY_WAIT_SECONDS = 0.5
+    fake_apns.script(APNS_TOKEN_HEX, Answer(hang=True))
+
+    response = notify(message([device(APNS_APP, APNS_PUSHKEY)]))
+
+    # Not answered in time: a timeout, retried in the background, never a rejection.
+    assert response.json() == {"rejected": []}
+    assert wait_until(lambda: len(fake_apns.requests_for(APNS_TOKEN_HEX)) == 2, timeout=10)
 
 
 def test_an_unregistered_fcm_token_is_rejected(fake_fcm: FakeFcm) -> None:
