@@ -110,6 +110,20 @@ def _json(content: bytes) -> Any:
         return None
 
 
+def _with_options(delivery: Delivery) -> str:
+    """The message with an app's further members; as Sygnal merges its `fcm_options`, the
+    priority goes into `android` and token and data are the delivery's own."""
+    message = json.loads(delivery.fcm_options or "{}")
+    android = message.get("android")
+    message["android"] = {
+        **(android if isinstance(android, dict) else {}),
+        "priority": delivery.priority or "high",
+    }
+    message["token"] = delivery.token
+    message["data"] = json.loads(delivery.payload)
+    return compact_json({"message": message})
+
+
 def _error_code(content: bytes) -> str | None:
     answer = _json(content)
     error = answer.get("error", {}) if isinstance(answer, dict) else None
@@ -272,6 +286,8 @@ class FcmSender:
             f'{{"message":{{"token":{compact_json(delivery.token)},'
             f'"android":{{"priority":{compact_json(delivery.priority or "high")}}},'
             f'"data":{delivery.payload}}}}}'
+            if delivery.fcm_options is None
+            else _with_options(delivery)
         )
         headers = [
             (b"authorization", f"Bearer {token}".encode()),

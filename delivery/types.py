@@ -43,6 +43,9 @@ class Delivery:
     # APNs apns-topic when it is not `app_id` (Matrix: `app_id` names the configured app,
     # whose credentials sign, and the topic is that app's bundle id).
     topic: str | None = None
+    # FCM: JSON text of further members of the message (beside token and data), e.g.
+    # `apns` or `android.notification`; the delivery's priority is set into `android`.
+    fcm_options: str | None = None
 
     @classmethod
     def apns(
@@ -85,6 +88,7 @@ class Delivery:
         data_size: int | None = None,
         priority: str,
         app_id: str = "",
+        fcm_options: str | None = None,
     ) -> Self:
         """`data_json` and `data_size` may be given when many devices share the same data.
         `app_id` is empty for the settings' FCM project, else the app whose account sends."""
@@ -97,6 +101,7 @@ class Delivery:
             payload=data_json if data_json is not None else compact_json(data),
             size=data_size if data_size is not None else fcm_data_size(data),
             priority=priority,
+            fcm_options=fcm_options,
         )
 
 

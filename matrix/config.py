@@ -30,7 +30,7 @@ from cryptography.x509.oid import NameOID
 from django.conf import settings
 
 from delivery import credentials
-from delivery.types import Provider
+from delivery.types import Provider, compact_json
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +88,7 @@ class MatrixApp:
     convert_device_token_to_hex: bool = True
     # FCM
     fcm: credentials.FcmAccount | None = None
+    fcm_options: str | None = None  # JSON text: Sygnal's fcm_options, merged into the message
     # Device channels
     channels: tuple[Channel, ...] = ()
     channel_types: tuple[tuple[str, str], ...] = ()
@@ -220,8 +221,12 @@ def _gcm_app(name: str, entry: dict[str, Any], base: Path) -> MatrixApp:
     account_file = _get(entry, name, "service_account_file", str, "")
     if not project_id or not account_file:
         raise MatrixConfigError(f"apps.{name} needs project_id and service_account_file")
-    if entry.get("fcm_options"):
-        logger.warning("MATRIX_APPS_FILE: apps.%s.fcm_options is not supported; ignored", name)
+    options = _get(entry, name, "fcm_options", dict, {})
+    try:
+        options_json = compact_json(options) if options else None
+    except (TypeError, ValueError):
+        # YAML's sets, dates, NaN: nothing FCM's JSON could carry.
+        raise MatrixConfigError(f"apps.{name}.fcm_options must be plain JSON") from None
     channels, channel_types = _channels(name, entry)
     return MatrixApp(
         name=name,
@@ -232,6 +237,7 @@ def _gcm_app(name: str, entry: dict[str, Any], base: Path) -> MatrixApp:
             credentials_file=_path(base, account_file),
             project_id=project_id,
         ),
+        fcm_options=options_json,
         channels=channels,
         channel_types=channel_types,
         pattern=_glob(name),

@@ -73,6 +73,7 @@ def _delivery(n: Notification, device: Device, app: MatrixApp, index: int) -> De
             data_json=compact_json(data),
             priority=payloads.fcm_priority(n),
             app_id=app.delivery_app_id,
+            fcm_options=app.fcm_options,
         )
     except payloads.BadDefaultPayload:
         return "default_payload is not an object"

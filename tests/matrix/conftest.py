@@ -52,6 +52,15 @@ def sygnal_config(
                 "api_version": "v1",
                 "project_id": project_id,
                 "service_account_file": service_account_file,
+                # As Sygnal's own tests configure it (tests/test_gcm.py, com.example.gcm.apiv1).
+                "fcm_options": {
+                    "android": {"notification": {"body": "test body"}},
+                    "apns": {
+                        "payload": {
+                            "aps": {"content-available": 1, "mutable-content": 1, "alert": ""}
+                        }
+                    },
+                },
                 "channels": [
                     {"id": "messages", "description": "New messages"},
                     "calls",

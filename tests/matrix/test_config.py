@@ -44,6 +44,12 @@ apps:
 """
 
 
+GCM = (
+    "apps:\n  a:\n    type: gcm\n    api_version: v1\n    project_id: p\n"
+    "    service_account_file: s\n"
+)
+
+
 def test_a_sygnal_config_is_read_with_its_apps_keys(settings: Settings, tmp_path: Path) -> None:
     settings.APNS_ENDPOINT = ""
 
@@ -90,6 +96,8 @@ def test_production_is_the_default_platform(settings: Settings, tmp_path: Path) 
         ("apps:\n  a:\n    type: apns\n    certfile: c.pem\n    push_type: loud\n", "push_type"),
         ("apps:\n  a:\n    type: gcm\n    api_key: legacy\n", "api_version v1"),
         ("apps:\n  a:\n    type: gcm\n    api_version: v1\n", "project_id"),
+        (GCM + "    fcm_options: [1]\n", "fcm_options must be a dict"),
+        (GCM + "    fcm_options: {android: !!set {x}}\n", "plain JSON"),
         (
             "apps:\n  a:\n    type: apns\n    certfile: c.pem\n    topic: t\n    channels: x\n",
             "channels",

@@ -178,7 +178,7 @@ def test_fcm_gets_sygnals_v1_message_from_the_apps_own_project(fake_fcm: FakeFcm
 
     assert response.json() == {"rejected": []}
     [sent] = fake_fcm.messages_for(FCM_PUSHKEY)
-    # Sygnal's own expectation (tests/test_gcm.py, test_expected_api_v1), fcm_options aside.
+    # Sygnal's own expectation (tests/test_gcm.py, test_expected_api_v1).
     assert sent["data"] == {
         "event_id": "$qTOWWTEL48yPm3uT-gdNhFcoHxfKbZuqRVnnWWSkGBs",
         "type": "m.room.x",
@@ -193,14 +193,18 @@ def test_fcm_gets_sygnals_v1_message_from_the_apps_own_project(fake_fcm: FakeFcm
         "unread": "2",
         "missed_calls": "1",
     }
-    assert sent["android"] == {"priority": "high"}
+    assert sent["android"] == {"notification": {"body": "test body"}, "priority": "high"}
+    assert sent["apns"] == {
+        "payload": {"aps": {"content-available": 1, "mutable-content": 1, "alert": ""}}
+    }
+    assert sent["token"] == FCM_PUSHKEY
 
 
 def test_fcm_low_priority_is_normal(fake_fcm: FakeFcm) -> None:
     notify(message([device(FCM_APP, FCM_PUSHKEY)], type="m.room.x", prio="low"))
 
     [sent] = fake_fcm.messages_for(FCM_PUSHKEY)
-    assert sent["android"] == {"priority": "normal"}
+    assert sent["android"]["priority"] == "normal"
     assert sent["data"]["prio"] == "normal"
 
 
