@@ -259,6 +259,15 @@ ROUTES: dict[str, Endpoint] = {
     ),
 }
 
+# Form endpoints on the loop, bound to Django's application for the requests they leave to it.
+FORM_ROUTES: dict[str, Callable[[Endpoint], Endpoint]] = {
+    PREFIX + "push/e2ee/register": _form_endpoint(
+        "api/v1/remotes/push/e2ee/register",
+        RegisterDeviceParams,
+        register_push_device_async,
+    ),
+}
+
 
 # --- The Matrix Push Gateway API (matrix/): same loop, admission and engine; Matrix's shapes.
 
@@ -285,6 +294,7 @@ async def _matrix_notify(scope: Scope, receive: Receive, send: Send) -> None:
             forwarded.decode("latin-1") if forwarded else None,
         )
         await access.check_async(address)
+        _shed_if_queued_too_long(scope)
         try:
             raw = await read_body(receive, limit=MATRIX_MAX_BODY_BYTES)
         except BodyTooLarge:
@@ -326,12 +336,3 @@ async def _matrix_notify(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 ROUTES[MATRIX_NOTIFY] = _matrix_notify
-
-# Form endpoints on the loop, bound to Django's application for the requests they leave to it.
-FORM_ROUTES: dict[str, Callable[[Endpoint], Endpoint]] = {
-    PREFIX + "push/e2ee/register": _form_endpoint(
-        "api/v1/remotes/push/e2ee/register",
-        RegisterDeviceParams,
-        register_push_device_async,
-    ),
-}

@@ -3,6 +3,7 @@
 import base64
 import json
 import secrets
+import time
 from pathlib import Path
 
 import pytest
@@ -332,3 +333,17 @@ def test_a_homeserver_over_its_rate_limit_gets_429(settings: Settings) -> None:
     assert answers[-1].json()["errcode"] == "M_LIMIT_EXCEEDED"
     assert answers[-1].json()["retry_after_ms"] > 0
     assert answers[-1].has_header("Retry-After")
+
+
+def test_a_request_that_waited_too_long_at_the_proxy_is_a_quick_503(
+    settings: Settings, fake_apns: FakeApns
+) -> None:
+    settings.BOUNCER_MAX_QUEUE_SECONDS = 5.0
+    stamp = f"t={time.time() - 60:.3f}"
+
+    response = notify(message([device(APNS_APP, APNS_PUSHKEY)]), **{"X-Request-Start": stamp})
+
+    assert response.status_code == 503
+    assert response.json()["errcode"] == "M_UNKNOWN"
+    assert response.has_header("Retry-After")
+    assert fake_apns.received == []
