@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from delivery import engine
-from delivery.types import Delivery, Provider, compact_json
+from delivery.types import Delivery, Provider
 from matrix import channels, payloads
 from matrix.config import MatrixApp, MatrixConfigError, find_app
 from matrix.notification import Device, Notification
@@ -35,7 +35,7 @@ class _Plan:
 
 
 def _reject(plan: _Plan, device: Device, why: str) -> None:
-    logger.info("Matrix: pushkey of app %s rejected: %s", device.app_id, why)
+    logger.info("Matrix: pushkey of app %r rejected: %s", device.app_id, why)
     plan.rejected.append(device.pushkey)
 
 
@@ -58,7 +58,7 @@ def _delivery(n: Notification, device: Device, app: MatrixApp, index: int) -> De
                 app_id=app.delivery_app_id,
                 topic=app.topic,
                 body=body,
-                priority=payloads.apns_priority(n),
+                priority=payloads.apns_priority(n, push_type=app.push_type),
                 push_type=app.push_type,
                 expiration=None,
             )
@@ -70,7 +70,6 @@ def _delivery(n: Notification, device: Device, app: MatrixApp, index: int) -> De
             device_id=0,
             token=device.pushkey,
             data=data,
-            data_json=compact_json(data),
             priority=payloads.fcm_priority(n),
             app_id=app.delivery_app_id,
             fcm_options=app.fcm_options,

@@ -5,7 +5,7 @@ room and body, the badge from the counts, the pusher's `default_payload` merged;
 notification with only an event id gets only the ids (and counts). Fields are cut so the
 payload fits Apple's 4 KB (sygnal/apnstruncate.py). FCM v1 (sygnal/gcmpushkin.py): the
 notification's fields as string data, `content` flattened to `content_<key>`, each value cut
-to 1 KB. `prio: low` is APNs priority 5 and FCM "normal".
+to 1 KB. `prio: low` is APNs priority 5 (but never for VoIP) and FCM "normal".
 """
 
 import base64
@@ -32,7 +32,11 @@ def default_payload(device: Device) -> dict[str, Any]:
     return value
 
 
-def apns_priority(n: Notification) -> int:
+def apns_priority(n: Notification, *, push_type: str | None = None) -> int:
+    # A VoIP push rings the phone: Apple wants it sent at once (10) whatever the homeserver's
+    # prio (Sygnal would send 5 for `low`).
+    if push_type == "voip":
+        return 10
     return 5 if n.prio == "low" else 10
 
 

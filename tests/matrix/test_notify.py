@@ -73,12 +73,13 @@ def test_low_priority_is_apns_priority_5_and_the_push_type_is_the_apps(
     assert received.headers["apns-push-type"] == "alert"
 
 
-def test_a_voip_app_sends_to_its_voip_topic(fake_apns: FakeApns) -> None:
-    notify(message([device(VOIP_APP, APNS_PUSHKEY)], type="m.call.invite", content={}))
+def test_a_voip_app_sends_to_its_voip_topic_at_once(fake_apns: FakeApns) -> None:
+    notify(message([device(VOIP_APP, APNS_PUSHKEY)], type="m.call.invite", content={}, prio="low"))
 
     [received] = fake_apns.requests_for(APNS_TOKEN_HEX)
     assert received.headers["apns-topic"] == TOPIC + ".voip"
     assert received.headers["apns-push-type"] == "voip"
+    assert received.headers["apns-priority"] == "10"
     assert received.body["aps"]["alert"] == {
         "loc-key": "VOICE_CALL_FROM_USER",
         "loc-args": ["Major Tom"],
