@@ -121,6 +121,8 @@ def fcm_data_size(data: dict[str, str]) -> int:
 # A size no limit admits: the payload cannot be encoded at all.
 UNSENDABLE = 1 << 62
 
+_OMITTED_WHEN_UNSET = ("topic", "fcm_options")
+
 
 @dataclass(frozen=True, slots=True)
 class Batch:
@@ -145,7 +147,14 @@ class Batch:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        for delivery in data["deliveries"]:
+            # Fields newer than the first engine are sent only when set: a batch that does
+            # not use them stays readable by a worker that predates them (a rolling upgrade).
+            for name in _OMITTED_WHEN_UNSET:
+                if delivery[name] is None:
+                    del delivery[name]
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Self:
