@@ -40,6 +40,8 @@ def _json_body(request: HttpRequest) -> Any:
         raise MatrixError("Expected a JSON object", errcode="M_NOT_JSON") from None
 
 
+# Homeservers and Fachdienste send no CSRF token: there is no session to protect here.
+@csrf_exempt
 def available_channels(request: HttpRequest) -> HttpResponse:
     if request.method != "GET":
         return _method_not_allowed("GET")
@@ -64,6 +66,7 @@ def device_channels(request: HttpRequest, pushkey: str) -> HttpResponse:
     return _method_not_allowed("GET, POST")
 
 
+@csrf_exempt
 def unrecognized(request: HttpRequest) -> HttpResponse:
     return matrix_error_response(
         MatrixError("Unrecognized request", errcode="M_UNRECOGNIZED", status=404)

@@ -165,7 +165,13 @@ def test_a_pushkey_no_row_can_hold_has_no_channel_enabled(fake_fcm: FakeFcm) -> 
     assert fake_fcm.messages == []
 
 
-def test_other_paths_under_the_gateway_are_unrecognized() -> None:
-    response = Client().get("/_matrix/push/v1/channels/")
-    assert response.status_code == 404
-    assert response.json()["errcode"] == "M_UNRECOGNIZED"
+def test_other_paths_and_methods_get_matrixs_unrecognized() -> None:
+    client = Client(enforce_csrf_checks=True)
+    for response, status in (
+        (client.get("/_matrix/push/v1/channels/"), 404),
+        (client.post("/_matrix/push/v1/elsewhere", data=b"{}", content_type="x/y"), 404),
+        (client.post(BASE, data=b"{}", content_type="application/json"), 405),
+        (client.delete(f"{BASE}/k"), 405),
+    ):
+        assert response.status_code == status
+        assert response.json()["errcode"] == "M_UNRECOGNIZED"
