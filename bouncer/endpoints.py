@@ -6,6 +6,7 @@ handed to its protocol app, and answered in Zulip's envelope (bouncer/errors.py)
 the process's one event loop. Errors map as Django's middleware maps them for the rest.
 """
 
+import json
 import logging
 import time
 from collections import Counter
@@ -24,7 +25,9 @@ from bouncer.errors import (
     TEMPORARILY_UNAVAILABLE,
     BouncerError,
     ErrorCode,
+    MatrixError,
     error_body,
+    matrix_error_body,
     service_unavailable,
     success_body,
 )
@@ -33,6 +36,9 @@ from bouncer.params import Params, parse_form_data, parse_json_bytes, with_ignor
 from delivery.fairness import RequestGate
 from delivery.payloads import E2EENotifyParams, LegacyNotifyParams, TestNotificationParams
 from legacy import notify as legacy_notify
+from matrix import access
+from matrix import notify as matrix_notify
+from matrix.notification import InvalidNotification, parse_body
 from registrations import notify as e2ee_notify
 from registrations.auth import authenticate_server_async
 from registrations.e2ee_views import RegisterDeviceParams, register_push_device_async
@@ -261,3 +267,72 @@ FORM_ROUTES: dict[str, Callable[[Endpoint], Endpoint]] = {
         register_push_device_async,
     ),
 }
+
+
+# --- The Matrix Push Gateway API (matrix/): same loop, admission and engine; Matrix's shapes.
+
+MATRIX_NOTIFY = "/_matrix/push/v1/notify"
+# Sygnal's request bound (sygnal/http.py SizeLimitingRequest).
+MATRIX_MAX_BODY_BYTES = 512 * 1024
+
+
+async def _matrix_notify(scope: Scope, receive: Receive, send: Send) -> None:
+    started = time.perf_counter()
+    headers: dict[str, str] = {}
+    close = False
+    try:
+        if scope["method"] != "POST":
+            raise MatrixError(
+                "Method not allowed",
+                errcode="M_UNRECOGNIZED",
+                status=405,
+                headers={"Allow": "POST"},
+            )
+        forwarded = header(scope, b"x-forwarded-for")
+        address = access.forwarded_address(
+            (scope.get("client") or ("",))[0] or "",
+            forwarded.decode("latin-1") if forwarded else None,
+        )
+        await access.check_async(address)
+        _shed_if_queued_too_long(scope)
+        try:
+            raw = await read_body(receive, limit=MATRIX_MAX_BODY_BYTES)
+        except BodyTooLarge:
+            close = True
+            raise MatrixError("Request body too large", errcode="M_TOO_LARGE", status=413) from None
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise MatrixError("Expected JSON request body", errcode="M_NOT_JSON") from None
+        try:
+            notification = parse_body(body)
+        except InvalidNotification as e:
+            raise MatrixError(str(e)) from None
+        tenant = f"matrix:{address}"
+        await _admit(tenant, len(notification.devices))
+        try:
+            rejected = await matrix_notify.notify(n=notification, tenant=tenant)
+        finally:
+            gate.leave()
+        status, answer = 200, json.dumps({"rejected": rejected}).encode()
+    except MatrixError as e:
+        status, answer, headers = e.status, matrix_error_body(e), e.headers
+    except BouncerError as e:
+        # Shed by admission, or the broker is down: the homeserver retries on a 5xx.
+        error = MatrixError(e.msg, errcode="M_UNKNOWN", status=e.status, headers=e.headers)
+        status, answer, headers = e.status, matrix_error_body(error), e.headers
+    except _UNAVAILABLE as e:
+        logger.error("Database unavailable on %s: %s", scope["path"], e)
+        error = MatrixError(TEMPORARILY_UNAVAILABLE, errcode="M_UNKNOWN", status=503)
+        status, answer, headers = 503, matrix_error_body(error), {"Retry-After": "10"}
+    except Exception:
+        logger.exception("Unhandled error on %s %s", scope["method"], scope["path"])
+        error = MatrixError("Internal server error", errcode="M_UNKNOWN", status=500)
+        status, answer = 500, matrix_error_body(error)
+    await respond(send, status, answer, headers=headers.items(), close=close)
+    metrics.record_request(
+        endpoint=MATRIX_NOTIFY.lstrip("/"), status=status, seconds=time.perf_counter() - started
+    )
+
+
+ROUTES[MATRIX_NOTIFY] = _matrix_notify

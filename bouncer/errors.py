@@ -225,3 +225,39 @@ class BouncerErrorMiddleware:
                 )
             )
         return None
+
+
+# --- The Matrix Push Gateway API's errors (matrix/) ----------------------------------------
+
+
+class MatrixError(Exception):
+    """An error answered to a homeserver in Matrix's shape: {"errcode", "error"}."""
+
+    def __init__(
+        self,
+        error: str,
+        *,
+        errcode: str = "M_BAD_JSON",
+        status: int = 400,
+        data: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(error)
+        self.error = error
+        self.errcode = errcode
+        self.status = status
+        self.data = dict(data or {})
+        self.headers = dict(headers or {})
+
+
+def matrix_error_body(error: MatrixError) -> bytes:
+    return _json_bytes({"errcode": error.errcode, "error": error.error, **error.data})
+
+
+def matrix_error_response(error: MatrixError) -> HttpResponse:
+    response = HttpResponse(
+        matrix_error_body(error), status=error.status, content_type="application/json"
+    )
+    for name, value in error.headers.items():
+        response[name] = value
+    return response

@@ -8,6 +8,7 @@ such files, fails fast when one is missing.
 """
 
 import base64
+import ipaddress
 import json
 import os
 import secrets
@@ -177,6 +178,7 @@ INSTALLED_APPS = [
     "registrations",
     "legacy",
     "delivery",
+    "matrix",
 ]
 
 MIDDLEWARE = [
@@ -326,6 +328,32 @@ FCM_ENDPOINT = env_str("FCM_ENDPOINT", "https://fcm.googleapis.com")
 PUSH_APPS_FILE = env_str("PUSH_APPS_FILE")
 # Extra CA bundle trusted for outbound TLS: APNs, FCM, OAuth and registration transfer.
 PUSH_CA_FILE = env_str("PUSH_CA_FILE")
+
+# --- Matrix push gateway (matrix/, docs/matrix.md) -----------------------------------------
+
+# Sygnal's YAML `apps:` (a whole Sygnal config is accepted); unset: every pushkey rejected.
+MATRIX_APPS_FILE = env_str("MATRIX_APPS_FILE")
+
+
+def _networks(raw: str) -> tuple[str, ...]:
+    networks = tuple(part.strip() for part in raw.split(",") if part.strip())
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"MATRIX_NOTIFY_ALLOWED_NETWORKS: {network!r} is not a CIDR network"
+            ) from None
+    return networks
+
+
+# Who may call the Matrix endpoints (CIDRs, comma-separated); empty: anyone (Matrix's notify
+# has no authentication of its own).
+MATRIX_NOTIFY_ALLOWED_NETWORKS = _networks(env_str("MATRIX_NOTIFY_ALLOWED_NETWORKS"))
+# Requests per seconds to the Matrix endpoints, per source address (a homeserver).
+MATRIX_NOTIFY_RATE_LIMIT = _rate_limit(
+    env_str("MATRIX_NOTIFY_RATE_LIMIT", "6000/60"), "MATRIX_NOTIFY_RATE_LIMIT"
+)
 
 # --- Celery ---------------------------------------------------------------------------------
 

@@ -73,6 +73,8 @@ class DeliveryAttemptAdmin(ReadOnlyAdmin):
 
     @admin.display(description="device", ordering="device_id")
     def device_link(self, attempt: DeliveryAttempt) -> str:
+        if attempt.protocol == DeliveryAttempt.Protocol.MATRIX:
+            return "—"  # a Matrix pushkey is the homeserver's: no row of ours names it
         # The id names an E2EE device or a legacy token row, by protocol; either may be gone.
         model = (
             "registrations_remotepushdevice"
@@ -84,6 +86,8 @@ class DeliveryAttemptAdmin(ReadOnlyAdmin):
 
     @admin.display(description="server", ordering="server_hostname_value")
     def server_hostname(self, attempt: DeliveryAttempt) -> str:
+        if attempt.protocol == DeliveryAttempt.Protocol.MATRIX:
+            return "Matrix homeserver"
         return server_link(attempt.server_id, getattr(attempt, "server_hostname_value", None))
 
 

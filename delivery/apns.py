@@ -141,7 +141,7 @@ class ApnsSender:
     def _headers(self, app: _App, delivery: Delivery, apns_id: str) -> list[tuple[bytes, bytes]]:
         headers = [
             (b"apns-id", apns_id.encode()),
-            (b"apns-topic", delivery.app_id.encode()),
+            (b"apns-topic", (delivery.topic or delivery.app_id).encode()),
         ]
         if app.token is not None:
             headers.append((b"authorization", app.token.header()))

@@ -12,10 +12,15 @@ key or certificate and environment, are described in PUSH_APPS_FILE, a JSON file
 
 An app listed there uses its own entry; any other app uses the settings' credentials. Each
 entry may also set "endpoint" (otherwise APNS_ENDPOINT, or Apple's host for its environment).
+
+A protocol app with apps of its own (Matrix: MATRIX_APPS_FILE) registers a resolver for a
+prefix of the delivery's app id (`register_resolver`); an app id with that prefix is that
+resolver's alone, and never falls back to the settings' credentials.
 """
 
 import json
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -43,8 +48,34 @@ class ApnsCredentials:
         return self.key_file is not None
 
 
+@dataclass(frozen=True)
+class FcmAccount:
+    """One FCM project's service account, for an app that is not the settings' project."""
+
+    name: str  # the app it was configured for; appears in logs
+    credentials_file: str  # empty: none configured (deliveries are configuration faults)
+    project_id: str | None = None  # otherwise the service account's own
+
+
 class CredentialsError(Exception):
     pass
+
+
+ApnsResolver = Callable[[str], ApnsCredentials | None]
+FcmResolver = Callable[[str], FcmAccount]
+_apns_resolvers: dict[str, ApnsResolver] = {}
+_fcm_resolvers: dict[str, FcmResolver] = {}
+
+
+def register_resolver(prefix: str, *, apns: ApnsResolver, fcm: FcmResolver) -> None:
+    """App ids starting with `prefix` get their credentials from these (given the rest)."""
+    _apns_resolvers[prefix] = apns
+    _fcm_resolvers[prefix] = fcm
+
+
+def apns_endpoint(*, sandbox: bool) -> str:
+    """APNS_ENDPOINT when set, else Apple's host for the environment."""
+    return _endpoint(sandbox)
 
 
 def _endpoint(sandbox: bool, override: str | None = None) -> str:
@@ -108,6 +139,9 @@ def _apps_file(path: str) -> dict[str, ApnsCredentials]:
 
 def apns_for(app_id: str) -> ApnsCredentials | None:
     """The credentials that sign for `app_id`, or None when there are none."""
+    for prefix, resolve in _apns_resolvers.items():
+        if app_id.startswith(prefix):
+            return resolve(app_id.removeprefix(prefix))
     if settings.PUSH_APPS_FILE:
         entry = _apps_file(settings.PUSH_APPS_FILE).get(app_id)
         if entry is not None:
@@ -117,6 +151,14 @@ def apns_for(app_id: str) -> ApnsCredentials | None:
 
 def fcm_credentials_file() -> str | None:
     return settings.FCM_CREDENTIALS_FILE or None
+
+
+def fcm_for(app_id: str) -> FcmAccount | None:
+    """A registered app's own FCM account; None: the settings' (FCM_CREDENTIALS_FILE)."""
+    for prefix, resolve in _fcm_resolvers.items():
+        if app_id.startswith(prefix):
+            return resolve(app_id.removeprefix(prefix))
+    return None
 
 
 def _readable(label: str, path: str | None) -> list[str]:

@@ -110,6 +110,20 @@ def _json(content: bytes) -> Any:
         return None
 
 
+def _with_options(delivery: Delivery) -> str:
+    """The message with an app's further members; as Sygnal merges its `fcm_options`, the
+    priority goes into `android` and token and data are the delivery's own."""
+    message = json.loads(delivery.fcm_options or "{}")
+    android = message.get("android")
+    message["android"] = {
+        **(android if isinstance(android, dict) else {}),
+        "priority": delivery.priority or "high",
+    }
+    message["token"] = delivery.token
+    message["data"] = json.loads(delivery.payload)
+    return compact_json({"message": message})
+
+
 def _error_code(content: bytes) -> str | None:
     answer = _json(content)
     error = answer.get("error", {}) if isinstance(answer, dict) else None
@@ -127,8 +141,17 @@ def _error_code(content: bytes) -> str | None:
 class FcmSender:
     provider = "fcm"
 
-    def __init__(self, *, request_timeout: float = REQUEST_TIMEOUT_SECONDS) -> None:
+    def __init__(
+        self,
+        *,
+        request_timeout: float = REQUEST_TIMEOUT_SECONDS,
+        account: credentials.FcmAccount | None = None,
+    ) -> None:
         self.request_timeout = request_timeout
+        # None: the settings' project. Otherwise one app's own project (a sender per account,
+        # kept in `_accounts` of the settings' sender, which routes by the delivery's app id).
+        self._account = account
+        self._accounts: dict[credentials.FcmAccount, FcmSender] = {}
         self._credentials: service_account.Credentials | None = None
         self._loaded_from: str | None = None
         self._project_id = ""
@@ -150,10 +173,15 @@ class FcmSender:
 
     async def _load(self) -> service_account.Credentials | str:
         """The service account, or why there is none."""
-        path = credentials.fcm_credentials_file()
+        if self._account is not None:
+            path: str | None = self._account.credentials_file or None
+            if path is None:
+                return f"no FCM service account configured for {self._account.name}"
+        else:
+            path = credentials.fcm_credentials_file()
         if self._credentials is not None and path == self._loaded_from:
             return self._credentials
-        await self.close()  # the settings changed: drop the old account's connections
+        await self._drop_connection()  # the settings changed: drop the old account's connections
         if not path:
             return "FCM_CREDENTIALS_FILE is not set"
         try:
@@ -178,7 +206,9 @@ class FcmSender:
         self._path_prefix = endpoint.path.rstrip("/")
         self._credentials = creds
         self._loaded_from = path
-        self._project_id = creds.project_id or ""
+        self._project_id = (
+            self._account.project_id if self._account and self._account.project_id else None
+        ) or (creds.project_id or "")
         context = credentials.client_ssl_context()
         self._auth_client = httpx.Client(http2=True, verify=context, timeout=OAUTH_TIMEOUT_SECONDS)
         self._refresh_lock = asyncio.Lock()
@@ -196,6 +226,12 @@ class FcmSender:
         return str(creds.token)
 
     async def close(self) -> None:
+        accounts, self._accounts = list(self._accounts.values()), {}
+        for sender in accounts:
+            await sender.close()
+        await self._drop_connection()
+
+    async def _drop_connection(self) -> None:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -205,6 +241,14 @@ class FcmSender:
         self._credentials = None
 
     async def send(self, delivery: Delivery) -> SendResult:
+        if self._account is None and delivery.app_id:
+            account = credentials.fcm_for(delivery.app_id)
+            if account is not None:
+                sender = self._accounts.get(account)
+                if sender is None:
+                    sender = FcmSender(request_timeout=self.request_timeout, account=account)
+                    self._accounts[account] = sender
+                return await sender.send(delivery)
         started = time.monotonic()
         creds = await self._load()
         if isinstance(creds, str):
@@ -242,6 +286,8 @@ class FcmSender:
             f'{{"message":{{"token":{compact_json(delivery.token)},'
             f'"android":{{"priority":{compact_json(delivery.priority or "high")}}},'
             f'"data":{delivery.payload}}}}}'
+            if delivery.fcm_options is None
+            else _with_options(delivery)
         )
         headers = [
             (b"authorization", f"Bearer {token}".encode()),

@@ -13,6 +13,7 @@ class DeliveryAttempt(models.Model):
     class Protocol(models.TextChoices):
         LEGACY = "legacy"
         E2EE = "e2ee"
+        MATRIX = "matrix"
 
     class Outcome(models.TextChoices):
         DELIVERED = "delivered"

@@ -40,6 +40,12 @@ class Delivery:
     priority: str | None = None  # APNs "10" / "5" / "1"; FCM "high" / "normal"
     push_type: str | None = None  # APNs apns-push-type
     expiration: int | None = None  # APNs apns-expiration (epoch seconds)
+    # APNs apns-topic when it is not `app_id` (Matrix: `app_id` names the configured app,
+    # whose credentials sign, and the topic is that app's bundle id).
+    topic: str | None = None
+    # FCM: JSON text of further members of the message (beside token and data), e.g.
+    # `apns` or `android.notification`; the delivery's priority is set into `android`.
+    fcm_options: str | None = None
 
     @classmethod
     def apns(
@@ -53,6 +59,7 @@ class Delivery:
         priority: int | None,
         push_type: str | None,
         expiration: int | None,
+        topic: str | None = None,
     ) -> Self:
         text = body if isinstance(body, str) else compact_json(body)
         return cls(
@@ -66,6 +73,7 @@ class Delivery:
             priority=None if priority is None else str(priority),
             push_type=push_type,
             expiration=expiration,
+            topic=topic,
         )
 
     @classmethod
@@ -79,17 +87,21 @@ class Delivery:
         data_json: str | None = None,
         data_size: int | None = None,
         priority: str,
+        app_id: str = "",
+        fcm_options: str | None = None,
     ) -> Self:
-        """`data_json` and `data_size` may be given when many devices share the same data."""
+        """`data_json` and `data_size` may be given when many devices share the same data.
+        `app_id` is empty for the settings' FCM project, else the app whose account sends."""
         return cls(
             index=index,
             provider=Provider.FCM,
             device_id=device_id,
             token=token,
-            app_id="",
+            app_id=app_id,
             payload=data_json if data_json is not None else compact_json(data),
             size=data_size if data_size is not None else fcm_data_size(data),
             priority=priority,
+            fcm_options=fcm_options,
         )
 
 
@@ -108,6 +120,8 @@ def fcm_data_size(data: dict[str, str]) -> int:
 
 # A size no limit admits: the payload cannot be encoded at all.
 UNSENDABLE = 1 << 62
+
+_OMITTED_WHEN_UNSET = ("topic", "fcm_options")
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +147,14 @@ class Batch:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        for delivery in data["deliveries"]:
+            # Fields newer than the first engine are sent only when set: a batch that does
+            # not use them stays readable by a worker that predates them (a rolling upgrade).
+            for name in _OMITTED_WHEN_UNSET:
+                if delivery[name] is None:
+                    del delivery[name]
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Self:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pytest_django.fixtures import Settings
 
-from delivery.fcm import FcmSender
+from delivery.fcm import REQUEST_TIMEOUT_SECONDS, FcmSender
 from delivery.outcomes import SendResult, Verdict
 from delivery.types import Delivery
 from tests.fakes.fcm import FakeFcm, FcmAnswer, ServiceAccount
@@ -26,9 +26,11 @@ def message(token: str = TOKEN) -> Delivery:
     )
 
 
-def send_all(messages: list[Delivery], **options: float) -> list[SendResult]:
+def send_all(
+    messages: list[Delivery], *, request_timeout: float = REQUEST_TIMEOUT_SECONDS
+) -> list[SendResult]:
     async def run() -> list[SendResult]:
-        sender = FcmSender(**options)
+        sender = FcmSender(request_timeout=request_timeout)
         try:
             return list(await asyncio.gather(*(sender.send(m) for m in messages)))
         finally:
