@@ -63,6 +63,8 @@ gate = RequestGate(
     max_waiting_per_tenant=settings.BOUNCER_MAX_WAITING_PER_SERVER,
     max_wait=settings.BOUNCER_MAX_ADMISSION_WAIT_SECONDS,
     lag_target=settings.BOUNCER_LOOP_LAG_TARGET_SECONDS,
+    isolation_lag_target=settings.BOUNCER_ISOLATION_LAG_TARGET_SECONDS,
+    isolation_minimum=settings.BOUNCER_ISOLATION_MIN_CONCURRENT_REQUESTS,
 )
 
 
@@ -161,11 +163,12 @@ def _json_endpoint[M: Params](
             raw = await read_body(receive, limit=settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
             server = await _authenticate(scope)
             params, ignored = parse_json_bytes(raw, model)
-            await _admit(str(server.id), max(1, devices(params)))
+            tenant = str(server.id)
+            await _admit(tenant, max(1, devices(params)))
             try:
                 data = await handler(server, params)
             finally:
-                gate.leave()
+                gate.leave(tenant)
             return success_body(with_ignored(data or {}, ignored))
 
         await _serve(name, scope, send, work)
@@ -313,7 +316,7 @@ async def _matrix_notify(scope: Scope, receive: Receive, send: Send) -> None:
         try:
             rejected = await matrix_notify.notify(n=notification, tenant=tenant)
         finally:
-            gate.leave()
+            gate.leave(tenant)
         status, answer = 200, json.dumps({"rejected": rejected}).encode()
     except MatrixError as e:
         status, answer, headers = e.status, matrix_error_body(e), e.headers

@@ -106,7 +106,21 @@ class FairGate:
 
 
 class RequestGate:
-    """Requests in progress at once, adapted to the CPU; waiters served round robin by tenant."""
+    """Requests in progress at once, adapted to the CPU; waiters served round robin by tenant.
+
+    Two lag targets. While the tenants active in the last seconds are all busy ones (or all
+    quiet ones), the bound keeps the loop within `lag_target`: a flood alone gets the whole
+    process, and busy tenants sharing it take turns. While a quiet tenant (never more than a
+    few requests at once) shares the process with a busy one, the bound keeps the loop within
+    `isolation_lag_target`, down to `isolation_minimum` requests: each step of the quiet tenant's
+    notify waits one turn of the loop behind the busy tenant's work, so the turn must be
+    short for it to see its latency alone. The busy tenant pays with throughput, only then.
+    """
+
+    # A tenant with this many requests in progress or waiting at once is a busy one.
+    BUSY = 8
+    # Activity is judged over two windows of this many seconds (the last and the current).
+    WINDOW = 1.0
 
     def __init__(
         self,
@@ -116,44 +130,91 @@ class RequestGate:
         max_waiting_per_tenant: int,
         max_wait: float,
         lag_target: float,
+        isolation_lag_target: float | None = None,
+        isolation_minimum: int | None = None,
     ) -> None:
         self.minimum = minimum
         self.maximum = maximum
         self.max_waiting_per_tenant = max_waiting_per_tenant
         self.max_wait = max_wait
         self.lag_target = lag_target
+        self.isolation_lag_target = (
+            lag_target if isolation_lag_target is None else isolation_lag_target
+        )
+        self.isolation_minimum = minimum if isolation_minimum is None else isolation_minimum
         self.gate = FairGate(maximum)
         self.lag = 0.0
+        self._load: dict[str, int] = {}  # requests in progress or waiting, by tenant
+        self._peak: dict[str, int] = {}  # the highest load of each tenant this window
+        self._last_peak: dict[str, int] = {}
+        self._window_started = time.monotonic()
+        self.isolating = False  # a quiet tenant shares the process with a busy one
 
     @property
     def in_progress(self) -> int:
         return self.gate.in_use
 
     async def enter(self, tenant: str) -> bool:
-        """Wait for this tenant's turn; False when the request should be refused instead."""
+        """Wait for this tenant's turn; False when the request should be refused instead.
+        A True must be followed by `leave(tenant)` once the request is done."""
+        load = self._load[tenant] = self._load.get(tenant, 0) + 1
+        if load > self._peak.get(tenant, 0):
+            self._peak[tenant] = load
         gate = self.gate
         if gate.try_acquire(tenant):
             return True
         if gate.waiting_for(tenant) >= self.max_waiting_per_tenant:
+            self._unload(tenant)
             return False
         try:
             async with asyncio.timeout(self.max_wait):
                 await gate.acquire(tenant)
         except TimeoutError:
+            self._unload(tenant)
             return False
+        except BaseException:
+            self._unload(tenant)
+            raise
         return True
 
-    def leave(self) -> None:
+    def leave(self, tenant: str) -> None:
+        self._unload(tenant)
         self.gate.release()
+
+    def _unload(self, tenant: str) -> None:
+        load = self._load.get(tenant, 0) - 1
+        if load > 0:
+            self._load[tenant] = load
+        else:
+            self._load.pop(tenant, None)
+
+    def _classify(self, now: float) -> None:
+        if now - self._window_started < self.WINDOW:
+            return
+        busy = quiet = False
+        for tenant in self._peak.keys() | self._last_peak.keys():
+            peak = max(self._peak.get(tenant, 0), self._last_peak.get(tenant, 0))
+            if peak >= self.BUSY:
+                busy = True
+            else:
+                quiet = True
+        self.isolating = busy and quiet
+        self._last_peak = self._peak
+        # Tenants with requests still in progress stay active into the next window.
+        self._peak = dict(self._load)
+        self._window_started = now
 
     def adapt(self, lag: float) -> None:
         """Called every tick with the loop's lag: multiplicative decrease while it is behind,
         additive increase while requests wait and it keeps up."""
         self.lag = lag
+        self._classify(time.monotonic())
+        target = self.isolation_lag_target if self.isolating else self.lag_target
+        minimum = self.isolation_minimum if self.isolating else self.minimum
         capacity = self.gate.capacity
-        if lag > self.lag_target:
-            capacity = max(self.minimum, int(capacity * 0.9))
-        elif lag < self.lag_target / 2 and self.gate.waiting:
+        if lag > target or capacity < minimum:
+            capacity = max(minimum, int(capacity * 0.9))
+        elif lag < target / 2 and self.gate.waiting:
             capacity = min(self.maximum, capacity + max(1, capacity // 20))
         if capacity != self.gate.capacity:
             self.gate.resize(capacity)

@@ -34,7 +34,7 @@ def test_a_tenant_alone_may_use_every_slot_and_then_waits_its_turn() -> None:
         fifth = asyncio.create_task(gate.enter("alone"))
         await asyncio.sleep(0)
         assert not fifth.done()
-        gate.leave()
+        gate.leave("alone")
         return [*entered, await fifth]
 
     assert asyncio.run(run()) == [True] * 5
@@ -49,13 +49,13 @@ def test_a_quiet_tenants_request_is_next_whatever_a_flood_has_queued() -> None:
         async def one(tenant: str) -> None:
             assert await gate.enter(tenant)
             order.append(tenant)
-            gate.leave()
+            gate.leave(tenant)
 
         tasks = [asyncio.create_task(one("flood")) for _ in range(20)]
         await asyncio.sleep(0)
         tasks.append(asyncio.create_task(one("quiet")))
         await asyncio.sleep(0)
-        gate.leave()
+        gate.leave("flood")
         await asyncio.gather(*tasks)
         return order
 
@@ -73,7 +73,7 @@ def test_a_tenant_with_too_many_waiting_is_refused_at_once_and_others_still_wait
         quiet = asyncio.create_task(gate.enter("quiet"))
         await asyncio.sleep(0)
         for _ in range(3):
-            gate.leave()
+            gate.leave("flood")
         await asyncio.gather(*waiting)
         return refused, await quiet
 
@@ -109,6 +109,49 @@ def test_the_bound_shrinks_while_the_loop_lags_and_grows_back_while_requests_wai
         return seen
 
     assert asyncio.run(run()) == [100, 10, 10, 11]
+
+
+def test_a_quiet_tenant_beside_a_busy_one_makes_the_bound_follow_the_stricter_target() -> None:
+    async def run() -> list[tuple[bool, int]]:
+        gate = request_gate(
+            minimum=32,
+            maximum=100,
+            lag_target=0.02,
+            isolation_lag_target=0.005,
+            isolation_minimum=4,
+        )
+        gate.WINDOW = 0.0  # every tick closes a window: the test steps through them
+        seen = []
+        for _ in range(RequestGate.BUSY):
+            assert await gate.enter("busy")
+
+        def ticks(lag: float) -> None:
+            for _ in range(50):
+                gate.adapt(lag)
+            seen.append((gate.isolating, gate.gate.capacity))
+
+        ticks(0.01)  # the busy tenant alone: within its lag target, nothing changes
+        assert await gate.enter("quiet")
+        ticks(0.01)  # a quiet tenant beside it: beyond the stricter target, down to its bound
+        gate.leave("quiet")
+        ticks(0.01)  # two windows without it: the lax target, and back up to its bound
+        return seen
+
+    assert asyncio.run(run()) == [(False, 100), (True, 4), (False, 32)]
+
+
+def test_busy_tenants_alone_never_isolate() -> None:
+    async def run() -> bool:
+        gate = request_gate(minimum=1, maximum=100, isolation_lag_target=0.001)
+        gate.WINDOW = 0.0
+        for tenant in ("a", "b"):
+            for _ in range(RequestGate.BUSY):
+                assert await gate.enter(tenant)
+        gate.adapt(0.01)
+        gate.adapt(0.01)
+        return gate.isolating
+
+    assert asyncio.run(run()) is False
 
 
 def test_waiting_deliveries_are_served_one_tenant_at_a_time() -> None:
@@ -165,9 +208,12 @@ def test_a_flooding_servers_backlog_waits_behind_a_quiet_servers_notify_and_its_
     fake_apns.script(slow, Answer(hang=True))
     settings.NOTIFY_WAIT_SECONDS = 2.0
     settings.DELIVERY_RETRY_WINDOW_SECONDS = 0  # the flood's timeout is not retried
-    saved = (gate.gate.capacity, gate.max_waiting_per_tenant)
+    saved = (gate.gate.capacity, gate.max_waiting_per_tenant, gate.max_wait)
     gate.gate.resize(1)
     gate.max_waiting_per_tenant = 1
+    # The backlog waits until the flood's first notify gives up (NOTIFY_WAIT_SECONDS): it
+    # must not itself give up on the same clock first.
+    gate.max_wait = 30.0
     try:
 
         async def scenario() -> tuple[Any, Any, Any, Any]:
@@ -205,3 +251,4 @@ def test_a_flooding_servers_backlog_waits_behind_a_quiet_servers_notify_and_its_
     finally:
         gate.gate.resize(saved[0])
         gate.max_waiting_per_tenant = saved[1]
+        gate.max_wait = saved[2]
