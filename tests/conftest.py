@@ -161,7 +161,9 @@ def call_endpoint(
 def _endpoint_connections(django_db_setup: None) -> Iterator[None]:
     """The endpoints' own database connections end before the test database is dropped."""
     yield
-    get_relay().run(close_database())
+    relay = get_relay()
+    relay.run(relay.aclose())  # the senders' connections to the fakes, closed, not collected
+    relay.run(close_database())
     close_thread_connections()
     # Django's threads inside the ASGI application (the requests the endpoints leave to it).
     close_thread_connections(application.django.executor, DJANGO_THREADS)  # type: ignore[attr-defined]
