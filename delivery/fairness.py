@@ -108,17 +108,19 @@ class FairGate:
 class RequestGate:
     """Requests in progress at once, adapted to the CPU; waiters served round robin by tenant.
 
-    Two lag targets. While the tenants active in the last seconds are all busy ones (or all
-    quiet ones), the bound keeps the loop within `lag_target`: a flood alone gets the whole
-    process, and busy tenants sharing it take turns. While a quiet tenant (never more than a
-    few requests at once) shares the process with a busy one, the bound keeps the loop within
-    `isolation_lag_target`, down to `isolation_minimum` requests: each step of the quiet tenant's
-    notify waits one turn of the loop behind the busy tenant's work, so the turn must be
-    short for it to see its latency alone. The busy tenant pays with throughput, only then.
+    Two lag targets. While a quiet tenant (fewer than BUSY requests at once) shares the
+    process with a busy one (at least BUSY, and at least a quarter of all the requests), the
+    bound keeps the loop within `isolation_lag_target`, down to `isolation_minimum` requests:
+    each step of the quiet tenant's notify waits one turn of the loop behind the busy
+    tenant's work, so the turns must be short for it to see its latency alone. The busy
+    tenant pays with throughput, and only then. Otherwise (a flood alone, a few busy tenants
+    taking turns, many tenants of similar size) the bound keeps the loop within `lag_target`.
     """
 
-    # A tenant with this many requests in progress or waiting at once is a busy one.
+    # A tenant with this many requests in progress or waiting at once is not a quiet one.
     BUSY = 8
+    # ...and a busy one if it also has this share of all the requests of the process.
+    BUSY_SHARE = 0.25
     # Activity is judged over two windows of this many seconds (the last and the current).
     WINDOW = 1.0
 
@@ -147,6 +149,9 @@ class RequestGate:
         self._load: dict[str, int] = {}  # requests in progress or waiting, by tenant
         self._peak: dict[str, int] = {}  # the highest load of each tenant this window
         self._last_peak: dict[str, int] = {}
+        self._total = 0  # requests in progress or waiting, all tenants
+        self._total_peak = 0
+        self._last_total_peak = 0
         self._window_started = time.monotonic()
         self.isolating = False  # a quiet tenant shares the process with a busy one
 
@@ -160,6 +165,9 @@ class RequestGate:
         load = self._load[tenant] = self._load.get(tenant, 0) + 1
         if load > self._peak.get(tenant, 0):
             self._peak[tenant] = load
+        self._total += 1
+        if self._total > self._total_peak:
+            self._total_peak = self._total
         gate = self.gate
         if gate.try_acquire(tenant):
             return True
@@ -182,6 +190,7 @@ class RequestGate:
         self.gate.release()
 
     def _unload(self, tenant: str) -> None:
+        self._total -= 1
         load = self._load.get(tenant, 0) - 1
         if load > 0:
             self._load[tenant] = load
@@ -191,17 +200,18 @@ class RequestGate:
     def _classify(self, now: float) -> None:
         if now - self._window_started < self.WINDOW:
             return
+        busy_from = max(self.BUSY, self.BUSY_SHARE * max(self._total_peak, self._last_total_peak))
         busy = quiet = False
         for tenant in self._peak.keys() | self._last_peak.keys():
             peak = max(self._peak.get(tenant, 0), self._last_peak.get(tenant, 0))
-            if peak >= self.BUSY:
+            if peak >= busy_from:
                 busy = True
-            else:
+            elif peak < self.BUSY:
                 quiet = True
         self.isolating = busy and quiet
-        self._last_peak = self._peak
+        self._last_peak, self._last_total_peak = self._peak, self._total_peak
         # Tenants with requests still in progress stay active into the next window.
-        self._peak = dict(self._load)
+        self._peak, self._total_peak = dict(self._load), self._total
         self._window_started = now
 
     def adapt(self, lag: float) -> None:

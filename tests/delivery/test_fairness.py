@@ -140,18 +140,25 @@ def test_a_quiet_tenant_beside_a_busy_one_makes_the_bound_follow_the_stricter_ta
     assert asyncio.run(run()) == [(False, 100), (True, 4), (False, 32)]
 
 
-def test_busy_tenants_alone_never_isolate() -> None:
-    async def run() -> bool:
-        gate = request_gate(minimum=1, maximum=100, isolation_lag_target=0.001)
+def test_busy_tenants_taking_turns_and_many_similar_tenants_never_isolate() -> None:
+    async def isolating(loads: dict[str, int]) -> bool:
+        gate = request_gate(minimum=1, maximum=1000, isolation_lag_target=0.001)
         gate.WINDOW = 0.0
-        for tenant in ("a", "b"):
-            for _ in range(RequestGate.BUSY):
+        for tenant, load in loads.items():
+            for _ in range(load):
                 assert await gate.enter(tenant)
         gate.adapt(0.01)
         gate.adapt(0.01)
         return gate.isolating
 
-    assert asyncio.run(run()) is False
+    async def run() -> list[bool]:
+        return [
+            await isolating({"a": 40, "b": 40}),  # two floods
+            await isolating({f"s{i}": 6 + i % 7 for i in range(20)}),  # 20 servers, 6-12 each
+            await isolating({"flood": 40, "quiet": 1}),
+        ]
+
+    assert asyncio.run(run()) == [False, False, True]
 
 
 def test_waiting_deliveries_are_served_one_tenant_at_a_time() -> None:
