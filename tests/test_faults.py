@@ -6,17 +6,30 @@ delivery reached the fake and the broker holds nothing more (no task queued, non
 out unacknowledged), so a late duplicate would have been counted.
 """
 
+import json
+import os
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
+import httpx
+import psycopg
 import pytest
 import redis
 from django.conf import settings
+from django.db import connection
 
 from delivery import attemptlog
-from tests.conftest import add_e2ee_devices, e2ee_notify, make_server, wait_until
+from registrations import sealing
+from registrations.models import RemoteRealm
+from tests.conftest import ZulipServer, add_e2ee_devices, e2ee_notify, make_server, wait_until
 from tests.delivery.worker import CeleryWorker
 from tests.fakes.apns import Answer, FakeApns
+from tests.services import ROOT, PostgresCluster, RedisServer, WebServer
+from tests.zulip_client import ZulipServerClient
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -68,6 +81,60 @@ def broker_idle(url: str) -> bool:
         return False
     finally:
         client.close()
+
+
+def test_database_url() -> str:
+    db = connection.settings_dict
+    return f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+
+
+def http_notify(
+    web: WebServer, server: ZulipServer, realm: RemoteRealm, values: list[str]
+) -> httpx.Response:
+    """`push/e2ee/notify` over HTTP to a running web process, as a Zulip server sends it."""
+    body = {
+        "realm_uuid": str(realm.uuid),
+        "push_requests": [
+            {
+                "token_id": sealing.token_id_b64(sealing.token_id_int(t)),
+                "http_headers": {"apns_priority": 10, "apns_push_type": "alert"},
+                "payload": {"push_key_id": 1, "encrypted_data": "abc"},
+            }
+            for t in values
+        ],
+    }
+    url = f"{web.url}/api/v1/remotes/push/e2ee/notify"
+    return httpx.post(url, json=body, auth=(server.uuid, server.key), timeout=30)
+
+
+class Supervisor:
+    """Starts the worker again when it exits, as its systemd unit does (Restart=on-failure)."""
+
+    def __init__(self, worker: CeleryWorker) -> None:
+        self.worker = worker
+        self.restarts = 0
+        self.exit_codes: list[int] = []
+        self.logs: list[str] = []
+
+    def up(self) -> bool:
+        """Restarts the worker if it has exited; always true, for use inside a poll."""
+        assert self.worker.process is not None
+        code = self.worker.process.poll()
+        if code is not None:
+            self.exit_codes.append(code)
+            self.logs.append(self.worker.log())
+            self.worker.stop()
+            self.restarts += 1
+            self.worker = CeleryWorker(
+                env=self.worker.env, name=f"restarted{self.restarts}"
+            ).start()
+        return True
+
+    def log(self) -> str:
+        return "\n".join([*self.logs, self.worker.log()])
+
+    def stop(self) -> None:
+        self.worker.stop()
 
 
 def report(name: str, result: Tally) -> None:
@@ -159,3 +226,167 @@ def test_streams_apple_never_answers_end_the_batch_in_time_and_are_retried(
             assert [r.status for r in fake_apns.requests_for(token)] == [503, 200]
     finally:
         worker.stop()
+
+
+def test_a_redis_restart_loses_no_waiting_retry(
+    worker_env: dict[str, str], fake_apns: FakeApns, tmp_path: Path
+) -> None:
+    """Redis (the broker and the claims; append-only file, fsync on every write) is killed
+    while retry batches wait for their due time, held by the worker, and started again: the
+    worker reconnects and every waiting retry is delivered."""
+    broker = RedisServer(appendonly=True)
+    broker.start()
+    env = {
+        **os.environ,
+        **worker_env,
+        "DATABASE_URL": test_database_url(),
+        "CELERY_BROKER_URL": broker.url,
+    }
+    server = make_server()
+    realm = server.add_realm()
+    values = tokens(12)
+    add_e2ee_devices(realm, values)
+    for token in values:
+        fake_apns.script(token, UNAVAILABLE)  # the web's attempt: retried by the worker
+    web = WebServer(env=env, log_path=tmp_path / "web.log")
+    worker: CeleryWorker | None = None
+    supervisor: Supervisor | None = None
+    try:
+        web.start()
+        worker = CeleryWorker(env=env, name="redis-restart").start()
+        for chunk in range(0, len(values), 3):  # four requests: four retry batches
+            answer = http_notify(web, server, realm, values[chunk : chunk + 3])
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["apple_successfully_sent_count"] == 0
+
+        def retries_waiting_in_the_worker() -> bool:
+            client = redis.Redis.from_url(broker.url)
+            try:
+                return client.hlen("unacked") == 4
+            finally:
+                client.close()
+
+        # Each retry is due 1-2 s after its notify: the worker holds them until then.
+        assert wait_until(retries_waiting_in_the_worker, 5), worker.log()
+        broker.crash()
+        assert fake_apns.delivered == 0  # nothing of them sent before the crash
+        broker.start()  # same port and data directory
+        supervisor = Supervisor(worker)
+        assert wait_until(lambda: supervisor.up() and all_delivered(fake_apns, values), 40), (
+            supervisor.log()
+        )
+        assert wait_until(lambda: supervisor.up() and broker_idle(broker.url), 20), supervisor.log()
+        result = tally(fake_apns, values)
+        report(
+            f"Redis killed and restarted with retries waiting (worker restarts: "
+            f"{supervisor.restarts}, exit codes {supervisor.exit_codes})",
+            result,
+        )
+        assert result == Tally(lost=[], duplicates=0)
+    finally:
+        if supervisor is not None:
+            supervisor.stop()
+        elif worker is not None:
+            worker.stop()
+        web.stop()
+        broker.stop()
+
+
+def test_a_postgresql_restart_under_the_delivery_log_writers_loses_no_row_written_after_it(
+    worker_env: dict[str, str], fake_apns: FakeApns, tmp_path: Path
+) -> None:
+    """PostgreSQL restarts while the web's and the worker's delivery-log writers hold live
+    connections: rows after the restart are written. Rows of deliveries answered while it is
+    down are lost, logged with their count by each process; no notification is lost."""
+    database = PostgresCluster()
+    database.start()
+    env = {
+        **os.environ,
+        **worker_env,
+        "DATABASE_URL": database.url,
+        # Room for the web process to open its connections on this busy machine.
+        "NOTIFY_WAIT_SECONDS": "3",
+    }
+    web = WebServer(env=env, log_path=tmp_path / "web.log")
+    worker: CeleryWorker | None = None
+    try:
+        manage = [sys.executable, "manage.py"]
+        subprocess.run([*manage, "migrate", "-v", "0"], cwd=ROOT, env=env, check=True, timeout=120)
+        subprocess.run([*manage, "bouncer_keys", "generate"], cwd=ROOT, env=env, check=True)
+        listing = subprocess.run(
+            [*manage, "bouncer_keys", "list", "--json"],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        public_key = json.loads(listing.stdout)[0]["public_key"]
+        web.start()
+        worker = CeleryWorker(env=env, name="pg-writers").start()
+        zulip = ZulipServerClient(web.url)
+        assert zulip.register().status_code == 200
+        assert zulip.upload_analytics().status_code == 200
+        values = tokens(8)
+        for token in values:
+            assert zulip.register_e2ee(public_key, token).status_code == 200
+
+        def logged() -> int:
+            try:
+                with psycopg.connect(database.url) as conn:
+                    [(count,)] = conn.execute("SELECT count(*) FROM delivery_deliveryattempt")
+                    return int(count)
+            except psycopg.OperationalError:
+                return -1
+
+        def notify(pair: list[str]) -> None:
+            # The first request after a restart may meet a dead pooled connection: a 503,
+            # which a Zulip server sends again.
+            def accepted() -> bool:
+                return zulip.notify(pair).status_code == 200
+
+            assert wait_until(accepted, 15), web.log()
+
+        # Each pair: one delivered by the web, one retried and delivered by the worker.
+        # Three rows a pair: (1, delivered), (1, retry), (2, delivered).
+        before, after, down, back = (values[i : i + 2] for i in range(0, 8, 2))
+        for pair in (before, after, down, back):
+            fake_apns.script(pair[1], UNAVAILABLE)
+        notify(before)
+        assert wait_until(lambda: logged() == 3, 15), worker.log()
+
+        database.halt()  # both writers hold a connection now
+        database.resume()
+        notify(after)
+        assert wait_until(lambda: logged() == 6, 15), web.log() + worker.log()
+        assert "rows lost" not in web.log() + worker.log()
+
+        # Down while Apple answers the web (1.5 s), and still down when the worker's retry
+        # is answered: both processes' rows of `down` are lost, and say how many.
+        fake_apns.latency_ms = (1500, 1500)
+        sending = threading.Thread(target=lambda: zulip.notify(down))
+        sending.start()
+        assert wait_until(lambda: all(fake_apns.requests_for(t) for t in down), 10), web.log()
+        database.halt()
+        sending.join(timeout=30)
+        assert wait_until(
+            lambda: "Delivery log: database unavailable, 2 rows lost" in web.log(), 10
+        )
+        assert wait_until(
+            lambda: "Delivery log: database unavailable, 1 rows lost" in worker.log(), 15
+        ), worker.log()
+        fake_apns.latency_ms = (0, 0)
+        database.resume()
+        notify(back)
+        assert wait_until(lambda: logged() == 9, 15), web.log() + worker.log()
+
+        assert wait_until(lambda: all_delivered(fake_apns, values), 15), worker.log()
+        assert wait_until(lambda: broker_idle(settings.CELERY_BROKER_URL), 20), worker.log()
+        result = tally(fake_apns, values)
+        report("PostgreSQL restarted under the delivery-log writers", result)
+        assert result == Tally(lost=[], duplicates=0)
+    finally:
+        if worker is not None:
+            worker.stop()
+        web.stop()
+        database.stop()
