@@ -222,6 +222,10 @@ def test_streams_apple_never_answers_end_the_batch_in_time_and_are_retried(
         assert result == Tally(lost=[], duplicates=0)
         log = worker.log()
         assert "attempt 2: - Timeout" in log, log  # the held ones: cut short, retried
+        # The held streams were reset when the batch gave up on them, and the worker's
+        # connection, which answered the others, carried the retries: the web's and the
+        # worker's, no other.
+        assert fake_apns.connections == 2
         for token in answered:  # answered by the worker's first retry, never sent again
             assert [r.status for r in fake_apns.requests_for(token)] == [503, 200]
     finally:
