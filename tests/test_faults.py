@@ -394,3 +394,37 @@ def test_a_postgresql_restart_under_the_delivery_log_writers_loses_no_row_writte
             worker.stop()
         web.stop()
         database.stop()
+
+
+def test_a_retry_batch_that_meets_the_claims_redis_down_runs_again_later(
+    worker_env: dict[str, str], fake_apns: FakeApns
+) -> None:
+    """The claims' Redis (REDIS_URL, apart from the broker, as beside RabbitMQ) is down when
+    a worker takes retry batches: the batches fail before sending anything, and run again
+    once it is back instead of being acknowledged as failed."""
+    claims = RedisServer()
+    claims.start()
+    env = {**worker_env, "REDIS_URL": claims.url}
+    server = make_server()
+    realm = server.add_realm()
+    values = tokens(6)
+    add_e2ee_devices(realm, values)
+    for token in values:
+        fake_apns.script(token, UNAVAILABLE)
+    worker = CeleryWorker(env=env, name="claims-down").start()
+    try:
+        claims.crash()
+        for chunk in range(0, len(values), 3):
+            body = e2ee_notify(server, realm, values[chunk : chunk + 3]).json()
+            assert body["apple_successfully_sent_count"] == 0
+        assert wait_until(lambda: worker.log().count("the batch runs again") >= 2, 15), worker.log()
+        assert fake_apns.delivered == 0
+        claims.start()
+        assert wait_until(lambda: all_delivered(fake_apns, values), 30), worker.log()
+        assert wait_until(lambda: broker_idle(settings.CELERY_BROKER_URL), 20), worker.log()
+        result = tally(fake_apns, values)
+        report("the claims' Redis down when retry batches arrive", result)
+        assert result == Tally(lost=[], duplicates=0)
+    finally:
+        worker.stop()
+        claims.stop()
