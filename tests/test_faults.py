@@ -83,7 +83,7 @@ def broker_idle(url: str) -> bool:
         client.close()
 
 
-def test_database_url() -> str:
+def session_database_url() -> str:
     db = connection.settings_dict
     return f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
 
@@ -247,7 +247,7 @@ def test_a_redis_restart_loses_no_waiting_retry(
     env = {
         **os.environ,
         **worker_env,
-        "DATABASE_URL": test_database_url(),
+        "DATABASE_URL": session_database_url(),
         "CELERY_BROKER_URL": broker.url,
     }
     server = make_server()
