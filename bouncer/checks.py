@@ -103,6 +103,26 @@ def check_redis_for_outcomes(
     return []
 
 
+@register()
+def check_delivery_timeouts(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    from delivery.relay import BATCH_TIMEOUT_SECONDS
+
+    timeout = settings.DELIVERY_BATCH_TIMEOUT_SECONDS
+    if 0 < timeout < min(settings.DELIVERY_CLAIM_SECONDS, BATCH_TIMEOUT_SECONDS):
+        return []
+    return [
+        Error(
+            f"DELIVERY_BATCH_TIMEOUT_SECONDS ({timeout:g}) must be above 0 and below "
+            f"DELIVERY_CLAIM_SECONDS ({settings.DELIVERY_CLAIM_SECONDS}) and "
+            f"{BATCH_TIMEOUT_SECONDS} s: a batch still sending when its claims lapse can be "
+            "sent twice, and one cut short by the relay loses its retries.",
+            id="bouncer.E006",
+        )
+    ]
+
+
 @register(Tags.database)
 def check_bouncer_keys_open(
     app_configs: Sequence[AppConfig] | None = None,

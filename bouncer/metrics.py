@@ -61,7 +61,8 @@ SHED_REQUESTS = Counter(
 )
 DELIVERY_LOG_ROWS_DROPPED = Counter(
     "bouncer_delivery_log_rows_dropped_total",
-    "Delivery log rows dropped because the buffer was full (database unavailable)",
+    "Delivery log rows dropped: the database unavailable when they were written, or the buffer "
+    "full meanwhile",
 )
 ADMISSION = Counter(
     "bouncer_admission_total",

@@ -309,6 +309,13 @@ BOUNCER_CACHE_MAX_SECONDS = env_float("BOUNCER_CACHE_MAX_SECONDS", 300.0)
 # How long a worker's claim on a delivery lasts before another may send it (must exceed the
 # upstream request timeout): bounds how late a delivery is when its worker dies mid-send.
 DELIVERY_CLAIM_SECONDS = env_int("DELIVERY_CLAIM_SECONDS", 60)
+# How long a worker sends one retry batch: what Apple or Google has not answered by then is
+# cancelled and retried in a later batch (a stream they never answer, a full gate). Below the
+# claim's lifetime, or another worker could take the same deliveries while this one still
+# sends them (bouncer/checks.py).
+DELIVERY_BATCH_TIMEOUT_SECONDS = env_float(
+    "DELIVERY_BATCH_TIMEOUT_SECONDS", DELIVERY_CLAIM_SECONDS * 0.75
+)
 # Days of delivery log kept; 0 turns the log off.
 DELIVERY_LOG_DAYS = env_int("DELIVERY_LOG_DAYS", 7)
 # Legacy tokens of a deactivated server are removed this many days after its deactivation.

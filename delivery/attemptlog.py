@@ -124,16 +124,29 @@ class _Buffer:
                         break
                 if not rows:
                     return
-                try:
-                    write_rows(rows)
-                except (DatabaseError, psycopg.Error) as e:
-                    # PostgreSQL down or restarting: the deliveries are done and reported;
-                    # only their log rows are lost. The next flush reconnects.
-                    logger.error(
-                        "Delivery log: database unavailable, %d rows lost: %s", len(rows), e
-                    )
-                    connection.close()
+                if not _write_reconnecting(rows):
                     return
+
+
+def _write_reconnecting(rows: list[Row]) -> bool:
+    """Write rows on this thread's connection, once more on a new one if that fails."""
+    try:
+        write_rows(rows)
+        return True
+    except (DatabaseError, psycopg.Error):
+        # A connection held across a PostgreSQL restart fails only when next used: the rows
+        # go over a new one.
+        connection.close()
+    try:
+        write_rows(rows)
+        return True
+    except (DatabaseError, psycopg.Error) as e:
+        # PostgreSQL down: the deliveries are done and reported; only their log rows are
+        # lost. The next flush reconnects.
+        logger.error("Delivery log: database unavailable, %d rows lost: %s", len(rows), e)
+        metrics.DELIVERY_LOG_ROWS_DROPPED.inc(len(rows))
+        connection.close()
+        return False
 
 
 _lock = threading.Lock()

@@ -253,7 +253,11 @@ def process_batch(*, batch_json: dict[str, Any], schedule: Scheduler) -> None:
             )
 
     now = time.time()
-    results = relay.send_all(to_send, batch.tenant, on_result=mark_final)
+    # Bounded as a whole, not only per send: the wait for room on the provider is outside
+    # each send's own timeout, and the claims lapse after DELIVERY_CLAIM_SECONDS.
+    results = relay.send_all(
+        to_send, batch.tenant, on_result=mark_final, wait=settings.DELIVERY_BATCH_TIMEOUT_SECONDS
+    )
     settlement = decide(batch, to_send, results, now=now)
     apply(batch, settlement, schedule, now=now)
     # Only now are the retried ones handled: their next attempt is in the broker.

@@ -4,9 +4,11 @@ import logging
 import threading
 from typing import Any, cast
 
+import redis
 from celery import shared_task
 from django.conf import settings
 from django.db import connections
+from kombu.exceptions import OperationalError as BrokerError
 
 from delivery import batches
 
@@ -25,7 +27,24 @@ logger = logging.getLogger(__name__)
 def deliver_batch(batch: dict[str, Any]) -> None:
     if not settings.CELERY_TASK_ALWAYS_EAGER:
         _drop_failed_connections()
-    batches.process_batch(batch_json=batch, schedule=schedule_batch)
+    try:
+        batches.process_batch(batch_json=batch, schedule=schedule_batch)
+    except (redis.RedisError, BrokerError) as e:
+        # The claims' Redis or the broker failed mid-batch. A failed task is acknowledged,
+        # so its retries would be lost: the whole batch runs again instead, and the claims
+        # make that run send only what was never answered. Its delay lets the claims this
+        # run took lapse. If the broker is still down this raises, the acknowledgement
+        # fails too, and the broker hands the batch out again.
+        delay = settings.DELIVERY_CLAIM_SECONDS + 1
+        logger.warning(
+            "Batch %s attempt %s: %s (%s); the batch runs again in %d s",
+            batch.get("id"),
+            batch.get("attempt"),
+            type(e).__name__,
+            e,
+            delay,
+        )
+        schedule_batch(batch, delay)
 
 
 def _drop_failed_connections() -> None:

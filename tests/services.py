@@ -144,10 +144,17 @@ class PostgresCluster:
 
 
 class RedisServer:
-    def __init__(self) -> None:
+    def __init__(self, *, appendonly: bool = False) -> None:
         self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="bouncer-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
+        # Every write on disk before Redis answers it: a killed server loses nothing it
+        # acknowledged (the fault tests restart it with work waiting).
+        self.persistence = (
+            ["--appendonly", "yes", "--appendfsync", "always"]
+            if appendonly
+            else ["--appendonly", "no"]
+        )
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)  # a restart after stop() reuses the port
@@ -161,8 +168,7 @@ class RedisServer:
                 "127.0.0.1",
                 "--save",
                 "",
-                "--appendonly",
-                "no",
+                *self.persistence,
                 "--dir",
                 str(self.root),
             ],
@@ -176,6 +182,12 @@ class RedisServer:
             self.process.terminate()
             self.process.wait(timeout=10)
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def crash(self) -> None:
+        """SIGKILL, keeping the data directory: start() again reads what was on disk."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
 
     @property
     def url(self) -> str:
