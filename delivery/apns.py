@@ -197,7 +197,7 @@ class ApnsSender:
             logger.warning(
                 "APNs: unknown reason %r with status %s; using the default", reason, status
             )
-        return result(classify_apns(status, reason), status, reason)
+        return result(classify_apns(status, reason, push_type=delivery.push_type), status, reason)
 
 
 def _reason(content: bytes) -> str | None:
