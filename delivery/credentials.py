@@ -17,7 +17,9 @@ PUSH_APPS_FILE, a JSON file:
 An iOS app listed there uses its own entry; any other app uses the settings' credentials. A
 VoIP app id (`<bundle>.voip`, PushKit's topic) not listed itself uses its bundle's entry.
 Each entry may also set "endpoint" (otherwise, for sandbox apps APNS_SANDBOX_ENDPOINT, then
-APNS_ENDPOINT, or Apple's host for its environment).
+APNS_ENDPOINT, or Apple's host for its environment), and "either_environment": true when the
+app's tokens may come from both environments (a token its own environment calls
+BadDeviceToken is then tried in the other before it counts as dead).
 
 An "fcm" entry is one Firebase project's service account ("project_id" optional: the
 account's own; "endpoint" optional: FCM_ENDPOINT). Zulip's protocols name no Android app (a
@@ -33,7 +35,7 @@ resolver's alone, and never falls back to the settings' credentials.
 import json
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -56,10 +58,18 @@ class ApnsCredentials:
     key_id: str | None = None
     team_id: str | None = None
     cert_file: str | None = None
+    # The other environment's origin, for an app whose tokens may come from either
+    # (development and distribution builds of one bundle id); None: one environment only.
+    other_endpoint: str | None = None
 
     @property
     def uses_token(self) -> bool:
         return self.key_file is not None
+
+    def in_other_environment(self) -> "ApnsCredentials":
+        """The same identity, sent to the other environment (which in turn names this one)."""
+        assert self.other_endpoint is not None
+        return replace(self, endpoint=self.other_endpoint, other_endpoint=self.endpoint)
 
 
 @dataclass(frozen=True)
@@ -107,6 +117,7 @@ def _endpoint(sandbox: bool, override: str | None = None) -> str:
 def _from_entry(name: str, entry: dict[str, Any]) -> ApnsCredentials:
     sandbox = bool(entry.get("sandbox", False))
     endpoint = _endpoint(sandbox, entry.get("endpoint"))
+    other = _endpoint(not sandbox) if entry.get("either_environment") else None
     if entry.get("token_key_file"):
         missing = [k for k in ("key_id", "team_id") if not entry.get(k)]
         if missing:
@@ -117,9 +128,12 @@ def _from_entry(name: str, entry: dict[str, Any]) -> ApnsCredentials:
             key_file=str(entry["token_key_file"]),
             key_id=str(entry["key_id"]),
             team_id=str(entry["team_id"]),
+            other_endpoint=other,
         )
     if entry.get("cert_file"):
-        return ApnsCredentials(name=name, endpoint=endpoint, cert_file=str(entry["cert_file"]))
+        return ApnsCredentials(
+            name=name, endpoint=endpoint, cert_file=str(entry["cert_file"]), other_endpoint=other
+        )
     raise CredentialsError(f"PUSH_APPS_FILE: {name} needs token_key_file or cert_file")
 
 

@@ -248,3 +248,81 @@ def test_an_e2ee_device_of_a_sandbox_app_is_sent_to_the_sandbox(
     assert len(body["delete_token_ids"]) == 1
     assert fake_apns.received == []
     assert RemotePushDevice.objects.get(token=TOKEN).expired_time is not None
+
+
+# --- An app served in either environment (one bundle id, development and store builds) ------
+
+
+@pytest.fixture
+def either_environment(
+    settings: Settings, apns_settings: dict[str, str], sandbox_apns: FakeApns, tmp_path: Path
+) -> None:
+    settings.APNS_SANDBOX_ENDPOINT = sandbox_apns.endpoint
+    apps = tmp_path / "push-apps.json"
+    entry = {
+        "token_key_file": apns_settings["APNS_TOKEN_KEY_FILE"],
+        "key_id": apns_settings["APNS_TOKEN_KEY_ID"],
+        "team_id": apns_settings["APNS_TEAM_ID"],
+        "either_environment": True,
+    }
+    apps.write_text(json.dumps({"apns": {"org.zulip.Zulip": entry}}))
+    settings.PUSH_APPS_FILE = str(apps)
+
+
+def send_in_one_sender(rounds: list[list[Delivery]]) -> list[list[SendResult]]:
+    """Each round after the previous one, through the same sender (as in one process)."""
+
+    async def run() -> list[list[SendResult]]:
+        sender = ApnsSender()
+        try:
+            return [
+                list(await asyncio.gather(*(sender.send(d) for d in deliveries)))
+                for deliveries in rounds
+            ]
+        finally:
+            await sender.close()
+
+    return asyncio.run(run())
+
+
+@pytest.mark.usefixtures("either_environment")
+def test_a_sandbox_token_of_an_either_environment_app_is_delivered_and_remembered(
+    fake_apns: FakeApns, sandbox_apns: FakeApns
+) -> None:
+    fake_apns.script(TOKEN, Answer(400, "BadDeviceToken"))
+    first, second = send_in_one_sender(
+        [[apns(TOKEN, "org.zulip.Zulip")], [apns(TOKEN, "org.zulip.Zulip")]]
+    )
+    assert [r.verdict for r in first + second] == [Verdict.DELIVERED, Verdict.DELIVERED]
+    # Production said BadDeviceToken once; after that the sandbox is asked first.
+    assert [r.status for r in fake_apns.requests_for(TOKEN)] == [400]
+    assert [r.status for r in sandbox_apns.requests_for(TOKEN)] == [200, 200]
+
+
+@pytest.mark.usefixtures("either_environment")
+def test_a_token_of_an_either_environment_app_is_dead_only_when_both_environments_say_so(
+    fake_apns: FakeApns, sandbox_apns: FakeApns
+) -> None:
+    fake_apns.script(TOKEN, Answer(400, "BadDeviceToken"))
+    sandbox_apns.script(TOKEN, Answer(400, "BadDeviceToken"))
+    fake_apns.script(VOIP_TOKEN, Answer(410, "Unregistered"))
+    [[both_bad, unregistered]] = send_in_one_sender(
+        [[apns(TOKEN, "org.zulip.Zulip"), apns(VOIP_TOKEN, "org.zulip.Zulip")]]
+    )
+    assert (both_bad.verdict, both_bad.reason) == (Verdict.TOKEN_DEAD, "BadDeviceToken")
+    # Unregistered says the token was this environment's: the other is not asked.
+    assert (unregistered.verdict, unregistered.reason) == (Verdict.TOKEN_DEAD, "Unregistered")
+    assert sandbox_apns.requests_for(VOIP_TOKEN) == []
+
+
+@pytest.mark.usefixtures("in_process_delivery", "either_environment")
+@pytest.mark.django_db(transaction=True)
+def test_a_legacy_sandbox_token_of_an_either_environment_app_is_kept(
+    zulip_server: ZulipServer, fake_apns: FakeApns, sandbox_apns: FakeApns
+) -> None:
+    assert register_legacy(zulip_server, TOKEN, "org.zulip.Zulip").status_code == 200
+    fake_apns.script(TOKEN, Answer(400, "BadDeviceToken"))
+    body = notify_legacy(zulip_server, [TOKEN]).json()
+    assert body["deleted_devices"]["apple_devices"] == []
+    assert RemotePushDeviceToken.objects.count() == 1
+    assert [r.status for r in sandbox_apns.requests_for(TOKEN)] == [200]
