@@ -147,9 +147,9 @@ def credential_states() -> list[CredentialState]:
     states: list[CredentialState] = []
     try:
         configured = {"default": credentials.default_apns()}
-        if settings.PUSH_APPS_FILE:
-            # The apps file as delivery reads it (parsed once per process, cached there).
-            configured.update(credentials._apps_file(settings.PUSH_APPS_FILE))
+        # The apps file as delivery reads it (parsed once per process, cached there).
+        apps = credentials.push_apps()
+        configured.update(apps.apns)
     except credentials.CredentialsError as e:
         return [CredentialState(provider="apns", app="default", loaded=False, problem=str(e))]
     for app, creds in configured.items():
@@ -161,6 +161,9 @@ def credential_states() -> list[CredentialState]:
     fcm = credentials.fcm_credentials_file()
     problem = _readable(fcm) if fcm else "not configured"
     states.append(CredentialState("fcm", "default", loaded=not problem, problem=problem))
+    for app, account in apps.fcm.items():
+        problem = _readable(account.credentials_file)
+        states.append(CredentialState("fcm", app, loaded=not problem, problem=problem))
     return states
 
 

@@ -334,6 +334,8 @@ APNS_TEAM_ID = env_str("APNS_TEAM_ID")
 APNS_CERT_FILE = env_str("APNS_CERT_FILE")
 APNS_SANDBOX = env_bool("APNS_SANDBOX", False)
 APNS_ENDPOINT = env_str("APNS_ENDPOINT")
+# The sandbox environment's origin when it is not APNS_ENDPOINT's (tests: a second fake).
+APNS_SANDBOX_ENDPOINT = env_str("APNS_SANDBOX_ENDPOINT")
 FCM_CREDENTIALS_FILE = env_str("FCM_CREDENTIALS_FILE") or env_str("ANDROID_FCM_CREDENTIALS_PATH")
 FCM_ENDPOINT = env_str("FCM_ENDPOINT", "https://fcm.googleapis.com")
 PUSH_APPS_FILE = env_str("PUSH_APPS_FILE")

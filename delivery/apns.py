@@ -43,6 +43,11 @@ REQUEST_TIMEOUT_SECONDS = 10.0
 # Connections per identity; each carries up to Apple's MAX_CONCURRENT_STREAMS (~1,000).
 MAX_CONNECTIONS = 4
 TOKEN_RENEW_SECONDS = 30 * 60
+# Apple's answer to a token of the other environment (as to a malformed one).
+WRONG_ENVIRONMENT = "BadDeviceToken"
+# Tokens whose environment a process remembers (either-environment apps): a sandbox token of
+# such an app costs one extra request only when it is not among these.
+TOKEN_ENVIRONMENTS_KEPT = 10_000
 CONFIG_LOG_INTERVAL_SECONDS = 60.0
 # A device token goes into :path; anything but hex (as registration enforces) never does.
 _TOKEN = re.compile(r"[0-9A-Fa-f]{1,200}")
@@ -100,6 +105,9 @@ class ApnsSender:
         self.request_timeout = request_timeout
         self._apps: dict[credentials.ApnsCredentials, _App] = {}
         self._last_config_log: dict[str, float] = {}
+        # Token (lower case) -> the origin that last took it, for either-environment apps;
+        # insertion-ordered, the oldest dropped first.
+        self._token_endpoint: dict[str, str] = {}
 
     def _app(self, app_id: str) -> _App | SendResult:
         try:
@@ -160,6 +168,42 @@ class ApnsSender:
         app = self._app(delivery.app_id)
         if isinstance(app, SendResult):
             return app
+        if app.creds.other_endpoint is None:
+            return await self._post(app, delivery, started)
+        return await self._post_either_environment(app, delivery, started)
+
+    async def _post_either_environment(
+        self, app: _App, delivery: Delivery, started: float
+    ) -> SendResult:
+        """An app whose tokens may come from either environment: Apple's BadDeviceToken also
+        means "a token of the other environment" (upstreams.md), so the token is dead only
+        when both say so. The environment that last took a token is tried first."""
+        token = delivery.token.lower()
+        first, second = app, self._sibling(app)
+        if self._token_endpoint.get(token) == second.creds.endpoint:
+            first, second = second, first
+        result = await self._post(first, delivery, started)
+        if result.reason == WRONG_ENVIRONMENT:
+            result = await self._post(second, delivery, started)
+            first = second
+        if result.reason != WRONG_ENVIRONMENT and result.status is not None:
+            self._remember(token, first.creds.endpoint)
+        return result
+
+    def _sibling(self, app: _App) -> _App:
+        creds = app.creds.in_other_environment()
+        sibling = self._apps.get(creds)
+        if sibling is None:
+            sibling = self._apps[creds] = _App(creds)
+        return sibling
+
+    def _remember(self, token: str, endpoint: str) -> None:
+        self._token_endpoint.pop(token, None)
+        self._token_endpoint[token] = endpoint
+        if len(self._token_endpoint) > TOKEN_ENVIRONMENTS_KEPT:
+            del self._token_endpoint[next(iter(self._token_endpoint))]
+
+    async def _post(self, app: _App, delivery: Delivery, started: float) -> SendResult:
         apns_id = str(uuid.uuid4())
 
         def result(verdict: Verdict, status: int | None, reason: str | None) -> SendResult:
@@ -197,7 +241,7 @@ class ApnsSender:
             logger.warning(
                 "APNs: unknown reason %r with status %s; using the default", reason, status
             )
-        return result(classify_apns(status, reason), status, reason)
+        return result(classify_apns(status, reason, push_type=delivery.push_type), status, reason)
 
 
 def _reason(content: bytes) -> str | None:

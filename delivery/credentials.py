@@ -2,16 +2,30 @@
 
 The common case uses Zulip's setting names (APNS_TOKEN_KEY_FILE + APNS_TOKEN_KEY_ID +
 APNS_TEAM_ID, or APNS_CERT_FILE; FCM_CREDENTIALS_FILE). Several iOS apps, each with its own
-key or certificate and environment, are described in PUSH_APPS_FILE, a JSON file:
+key or certificate and environment, and further Firebase projects, are described in
+PUSH_APPS_FILE, a JSON file:
 
     {"apns": {
         "org.zulip.Zulip":   {"token_key_file": "/etc/bouncer/AuthKey_ABC.p8",
                               "key_id": "ABC1234567", "team_id": "TEAM123456"},
         "com.example.chat":  {"cert_file": "/etc/bouncer/example.pem", "sandbox": true}
+     },
+     "fcm": {
+        "com.example.android": {"service_account_file": "/etc/bouncer/example-fcm.json"}
     }}
 
-An app listed there uses its own entry; any other app uses the settings' credentials. Each
-entry may also set "endpoint" (otherwise APNS_ENDPOINT, or Apple's host for its environment).
+An iOS app listed there uses its own entry; any other app uses the settings' credentials. A
+VoIP app id (`<bundle>.voip`, PushKit's topic) not listed itself uses its bundle's entry.
+Each entry may also set "endpoint" (otherwise, for sandbox apps APNS_SANDBOX_ENDPOINT, then
+APNS_ENDPOINT, or Apple's host for its environment), and "either_environment": true when the
+app's tokens may come from both environments (a token its own environment calls
+BadDeviceToken is then tried in the other before it counts as dead).
+
+An "fcm" entry is one Firebase project's service account ("project_id" optional: the
+account's own; "endpoint" optional: FCM_ENDPOINT). Zulip's protocols name no Android app (a
+Zulip server sends no app id for FCM tokens), so Zulip's Android devices always use
+FCM_CREDENTIALS_FILE; an "fcm" entry serves the deliveries whose app id names it (a Matrix
+`type: gcm` app refers to one with `fcm_app`).
 
 A protocol app with apps of its own (Matrix: MATRIX_APPS_FILE) registers a resolver for a
 prefix of the delivery's app id (`register_resolver`); an app id with that prefix is that
@@ -21,12 +35,14 @@ resolver's alone, and never falls back to the settings' credentials.
 import json
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+
+from delivery.types import VOIP_SUFFIX
 
 APNS_PRODUCTION = "https://api.push.apple.com"
 APNS_SANDBOX = "https://api.sandbox.push.apple.com"
@@ -42,10 +58,18 @@ class ApnsCredentials:
     key_id: str | None = None
     team_id: str | None = None
     cert_file: str | None = None
+    # The other environment's origin, for an app whose tokens may come from either
+    # (development and distribution builds of one bundle id); None: one environment only.
+    other_endpoint: str | None = None
 
     @property
     def uses_token(self) -> bool:
         return self.key_file is not None
+
+    def in_other_environment(self) -> "ApnsCredentials":
+        """The same identity, sent to the other environment (which in turn names this one)."""
+        assert self.other_endpoint is not None
+        return replace(self, endpoint=self.other_endpoint, other_endpoint=self.endpoint)
 
 
 @dataclass(frozen=True)
@@ -55,6 +79,7 @@ class FcmAccount:
     name: str  # the app it was configured for; appears in logs
     credentials_file: str  # empty: none configured (deliveries are configuration faults)
     project_id: str | None = None  # otherwise the service account's own
+    endpoint: str | None = None  # otherwise FCM_ENDPOINT
 
 
 class CredentialsError(Exception):
@@ -74,13 +99,16 @@ def register_resolver(prefix: str, *, apns: ApnsResolver, fcm: FcmResolver) -> N
 
 
 def apns_endpoint(*, sandbox: bool) -> str:
-    """APNS_ENDPOINT when set, else Apple's host for the environment."""
+    """The origin of an environment: for sandbox APNS_SANDBOX_ENDPOINT when set; then
+    APNS_ENDPOINT when set; else Apple's host for the environment."""
     return _endpoint(sandbox)
 
 
 def _endpoint(sandbox: bool, override: str | None = None) -> str:
     if override:
         return override.rstrip("/")
+    if sandbox and settings.APNS_SANDBOX_ENDPOINT:
+        return settings.APNS_SANDBOX_ENDPOINT.rstrip("/")
     if settings.APNS_ENDPOINT:
         return settings.APNS_ENDPOINT.rstrip("/")
     return APNS_SANDBOX if sandbox else APNS_PRODUCTION
@@ -89,6 +117,7 @@ def _endpoint(sandbox: bool, override: str | None = None) -> str:
 def _from_entry(name: str, entry: dict[str, Any]) -> ApnsCredentials:
     sandbox = bool(entry.get("sandbox", False))
     endpoint = _endpoint(sandbox, entry.get("endpoint"))
+    other = _endpoint(not sandbox) if entry.get("either_environment") else None
     if entry.get("token_key_file"):
         missing = [k for k in ("key_id", "team_id") if not entry.get(k)]
         if missing:
@@ -99,9 +128,12 @@ def _from_entry(name: str, entry: dict[str, Any]) -> ApnsCredentials:
             key_file=str(entry["token_key_file"]),
             key_id=str(entry["key_id"]),
             team_id=str(entry["team_id"]),
+            other_endpoint=other,
         )
     if entry.get("cert_file"):
-        return ApnsCredentials(name=name, endpoint=endpoint, cert_file=str(entry["cert_file"]))
+        return ApnsCredentials(
+            name=name, endpoint=endpoint, cert_file=str(entry["cert_file"]), other_endpoint=other
+        )
     raise CredentialsError(f"PUSH_APPS_FILE: {name} needs token_key_file or cert_file")
 
 
@@ -125,16 +157,51 @@ def default_apns() -> ApnsCredentials | None:
     return None
 
 
+def _fcm_entry(name: str, entry: Any) -> FcmAccount:
+    if not isinstance(entry, dict) or not entry.get("service_account_file"):
+        raise CredentialsError(f"PUSH_APPS_FILE: fcm app {name} needs service_account_file")
+    project_id, endpoint = entry.get("project_id"), entry.get("endpoint")
+    return FcmAccount(
+        name=name,
+        credentials_file=str(entry["service_account_file"]),
+        project_id=str(project_id) if project_id else None,
+        endpoint=str(endpoint).rstrip("/") if endpoint else None,
+    )
+
+
+@dataclass(frozen=True)
+class AppsFile:
+    apns: dict[str, ApnsCredentials]
+    fcm: dict[str, FcmAccount]
+
+
+def push_apps() -> AppsFile:
+    """PUSH_APPS_FILE's apps (none when it is unset); raises CredentialsError."""
+    if not settings.PUSH_APPS_FILE:
+        return AppsFile(apns={}, fcm={})
+    return _apps_file(
+        settings.PUSH_APPS_FILE, settings.APNS_ENDPOINT, settings.APNS_SANDBOX_ENDPOINT
+    )
+
+
 @cache
-def _apps_file(path: str) -> dict[str, ApnsCredentials]:
+def _apps_file(path: str, *endpoints: str | None) -> AppsFile:
+    # `endpoints` are part of the cache key: the entries' endpoints derive from them.
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
         raise CredentialsError(f"PUSH_APPS_FILE {path}: {e}") from None
-    apps = data.get("apns", {}) if isinstance(data, dict) else None
-    if not isinstance(apps, dict):
-        raise CredentialsError(f'PUSH_APPS_FILE {path}: expected {{"apns": {{app_id: {{...}}}}}}')
-    return {name: _from_entry(name, entry) for name, entry in apps.items()}
+    apns = data.get("apns", {}) if isinstance(data, dict) else None
+    fcm = data.get("fcm", {}) if isinstance(data, dict) else None
+    if not isinstance(apns, dict) or not isinstance(fcm, dict):
+        raise CredentialsError(
+            f'PUSH_APPS_FILE {path}: expected {{"apns": {{app_id: {{...}}}}, '
+            f'"fcm": {{app_id: {{...}}}}}}'
+        )
+    return AppsFile(
+        apns={name: _from_entry(name, entry) for name, entry in apns.items()},
+        fcm={name: _fcm_entry(name, entry) for name, entry in fcm.items()},
+    )
 
 
 def apns_for(app_id: str) -> ApnsCredentials | None:
@@ -143,7 +210,10 @@ def apns_for(app_id: str) -> ApnsCredentials | None:
         if app_id.startswith(prefix):
             return resolve(app_id.removeprefix(prefix))
     if settings.PUSH_APPS_FILE:
-        entry = _apps_file(settings.PUSH_APPS_FILE).get(app_id)
+        apps = push_apps().apns
+        # A PushKit token's app id is its bundle's plus ".voip": the same app, whose key or
+        # (VoIP Services) certificate signs for both topics.
+        entry = apps.get(app_id) or apps.get(app_id.removesuffix(VOIP_SUFFIX))
         if entry is not None:
             return entry
     return default_apns()
@@ -154,11 +224,23 @@ def fcm_credentials_file() -> str | None:
 
 
 def fcm_for(app_id: str) -> FcmAccount | None:
-    """A registered app's own FCM account; None: the settings' (FCM_CREDENTIALS_FILE)."""
+    """A named app's own FCM account; None: the settings' (FCM_CREDENTIALS_FILE)."""
     for prefix, resolve in _fcm_resolvers.items():
         if app_id.startswith(prefix):
             return resolve(app_id.removeprefix(prefix))
+    if app_id and settings.PUSH_APPS_FILE:
+        try:
+            return push_apps().fcm.get(app_id)
+        except CredentialsError:
+            # Named but unreadable: a configuration fault, never the settings' project
+            # (whose tokens these are not).
+            return FcmAccount(name=app_id, credentials_file="")
     return None
+
+
+def push_apps_fcm(name: str) -> FcmAccount | None:
+    """PUSH_APPS_FILE's "fcm" entry `name`, for protocols whose apps refer to one."""
+    return push_apps().fcm.get(name)
 
 
 def _readable(label: str, path: str | None) -> list[str]:
@@ -175,27 +257,38 @@ def _readable(label: str, path: str | None) -> list[str]:
 def check_credentials() -> list[str]:
     """Problems an operator must fix; empty when every configured file is readable."""
     problems: list[str] = []
+    fcm_accounts: list[tuple[str, str]] = []
     try:
         configured = [default_apns()]
-        if settings.PUSH_APPS_FILE:
-            configured += list(_apps_file(settings.PUSH_APPS_FILE).values())
+        apps = push_apps()
+        configured += list(apps.apns.values())
+        fcm_accounts += [
+            (f"FCM service account for {a.name}", a.credentials_file) for a in apps.fcm.values()
+        ]
     except CredentialsError as e:
         return [str(e)]
     for creds in filter(None, configured):
         problems += _readable(f"APNs key for {creds.name}", creds.key_file)
         problems += _readable(f"APNs certificate for {creds.name}", creds.cert_file)
-    problems += _readable("FCM_CREDENTIALS_FILE", fcm_credentials_file())
     fcm = fcm_credentials_file()
-    if fcm and not problems:
-        try:
-            info = json.loads(Path(fcm).read_text())
-            missing = [k for k in ("client_email", "private_key", "project_id") if k not in info]
-        except ValueError:
-            missing = ["valid JSON"]
-        if missing:
-            problems.append(f"FCM_CREDENTIALS_FILE {fcm} lacks {', '.join(missing)}")
+    if fcm:
+        fcm_accounts.insert(0, ("FCM_CREDENTIALS_FILE", fcm))
+    for label, path in fcm_accounts:
+        problems += _service_account_problems(label, path)
     problems += _readable("PUSH_CA_FILE", settings.PUSH_CA_FILE or None)
     return problems
+
+
+def _service_account_problems(label: str, path: str) -> list[str]:
+    unreadable = _readable(label, path)
+    if unreadable:
+        return unreadable
+    try:
+        info = json.loads(Path(path).read_text())
+        missing = [k for k in ("client_email", "private_key", "project_id") if k not in info]
+    except ValueError:
+        missing = ["valid JSON"]
+    return [f"{label} {path} lacks {', '.join(missing)}"] if missing else []
 
 
 def client_ssl_context(cert_file: str | None = None) -> ssl.SSLContext:

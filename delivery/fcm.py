@@ -193,7 +193,8 @@ class FcmSender:
         except (OSError, ValueError, KeyError) as e:
             # Never the file's content: it holds the private key.
             return f"cannot load the service account in {path} ({type(e).__name__})"
-        endpoint = urlsplit(settings.FCM_ENDPOINT)
+        origin = (self._account.endpoint if self._account else None) or settings.FCM_ENDPOINT
+        endpoint = urlsplit(origin)
         try:
             client = H2Client(
                 f"{endpoint.scheme}://{endpoint.netloc}",
@@ -201,7 +202,7 @@ class FcmSender:
                 connect_timeout=self.request_timeout,
             )
         except ValueError:
-            return f"FCM_ENDPOINT must be an https URL, not {settings.FCM_ENDPOINT!r}"
+            return f"the FCM endpoint must be an https URL, not {origin!r}"
         self._client = client
         self._path_prefix = endpoint.path.rstrip("/")
         self._credentials = creds

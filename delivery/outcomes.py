@@ -122,10 +122,24 @@ def _by_status(status: int) -> Verdict:
     return Verdict.REJECTED
 
 
-def classify_apns(status: int, reason: str | None) -> Verdict:
+# A VoIP (PushKit) push's answers that mean something else than an alert's.
+_APNS_VOIP_REASONS: dict[str, Verdict] = {
+    _normalise(reason): verdict
+    for reason, verdict in [
+        # The header is right (the sender sets "voip" itself): the app or its key is not
+        # enabled for VoIP pushes, which only the operator can fix. Keep the token.
+        ("InvalidPushType", Verdict.CONFIG_FAULT),
+    ]
+}
+
+
+def classify_apns(status: int, reason: str | None, *, push_type: str | None = None) -> Verdict:
     if status == 200:
         return Verdict.DELIVERED
-    return _APNS_REASONS.get(_normalise(reason)) or _by_status(status)
+    key = _normalise(reason)
+    if push_type == "voip" and key in _APNS_VOIP_REASONS:
+        return _APNS_VOIP_REASONS[key]
+    return _APNS_REASONS.get(key) or _by_status(status)
 
 
 def classify_fcm(status: int, error_code: str | None) -> Verdict:

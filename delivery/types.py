@@ -62,6 +62,11 @@ class Delivery:
         topic: str | None = None,
     ) -> Self:
         text = body if isinstance(body, str) else compact_json(body)
+        if push_type == VOIP:
+            # PushKit: Apple delivers a VoIP push only to the bundle's ".voip" topic, and at
+            # once (a call rings now or never).
+            topic = voip_topic(topic or app_id)
+            priority = VOIP_PRIORITY
         return cls(
             index=index,
             provider=Provider.APNS,
@@ -103,6 +108,20 @@ class Delivery:
             priority=priority,
             fcm_options=fcm_options,
         )
+
+
+VOIP = "voip"  # apns-push-type of a PushKit (VoIP) notification
+VOIP_SUFFIX = ".voip"  # PushKit's topic is the bundle id with this suffix
+VOIP_PRIORITY = 10
+
+
+def voip_topic(topic: str) -> str:
+    return topic if topic.endswith(VOIP_SUFFIX) else topic + VOIP_SUFFIX
+
+
+def is_voip_app(app_id: str) -> bool:
+    """Whether an app id is PushKit's topic: its tokens take VoIP pushes only."""
+    return app_id.endswith(VOIP_SUFFIX)
 
 
 def utf8_size(text: str) -> int:

@@ -22,7 +22,7 @@ from bouncer.asyncdb import in_thread
 from bouncer.errors import BouncerError, ErrorCode
 from delivery import engine, payloads
 from delivery.payloads import LegacyNotifyParams, TestNotificationParams
-from delivery.types import Delivery, Provider, compact_json, fcm_data_size
+from delivery.types import VOIP, Delivery, Provider, compact_json, fcm_data_size, is_voip_app
 from legacy.models import RemotePushDeviceToken, token_digest
 from legacy.retirement import retire_shadowed
 from registrations.lookups import RealmInfo, ServerInfo, find_realm
@@ -128,7 +128,8 @@ def _split(devices: list[RemotePushDeviceToken]) -> _Selection:
 def _apns_delivery(
     device: RemotePushDeviceToken, index: int, body: str, expiration: int
 ) -> Delivery:
-    """A legacy APNs notification: no priority or push type, kept by Apple for a day."""
+    """A legacy APNs notification: no priority or push type, kept by Apple for a day; to a
+    PushKit token (an app id ending in ".voip"), a VoIP push."""
     assert device.ios_app_id
     return Delivery.apns(
         index=index,
@@ -137,7 +138,7 @@ def _apns_delivery(
         app_id=device.ios_app_id,
         body=body,
         priority=None,
-        push_type=None,
+        push_type=VOIP if is_voip_app(device.ios_app_id) else None,
         expiration=expiration,
     )
 

@@ -9,6 +9,10 @@ just its `apps:` mapping (only `apps:` is read); each entry is `app_id` (or a gl
                  send_badge_counts (true)
     type: gcm    api_version: v1, project_id, service_account_file; send_badge_counts (true)
 
+One key of our own, ignored by Sygnal: a gcm app may name `fcm_app`, an "fcm" entry of
+PUSH_APPS_FILE, instead of `project_id` + `service_account_file`, so that one Firebase
+project's account is configured once for every protocol.
+
 Relative paths are relative to the file. Two keys of our own, ignored by Sygnal, configure
 device channels (docs/matrix.md): `channels` (the ids a device may enable, optionally with a
 description) and `channel_types` (a notification's `type` to the channel it belongs to).
@@ -64,6 +68,7 @@ _UNDERSTOOD = {
     },
 }
 _CHANNEL_KEYS = {"channels", "channel_types"}
+_OWN_FCM_KEYS = {"fcm_app"}
 
 
 class MatrixConfigError(Exception):
@@ -88,6 +93,7 @@ class MatrixApp:
     convert_device_token_to_hex: bool = True
     # FCM
     fcm: credentials.FcmAccount | None = None
+    fcm_app: str = ""  # PUSH_APPS_FILE's "fcm" entry that sends, instead of `fcm`
     fcm_options: str | None = None  # JSON text: Sygnal's fcm_options, merged into the message
     # Device channels
     channels: tuple[Channel, ...] = ()
@@ -219,8 +225,15 @@ def _gcm_app(name: str, entry: dict[str, Any], base: Path) -> MatrixApp:
         raise MatrixConfigError(f"apps.{name}: only api_version v1 is supported (FCM HTTP v1)")
     project_id = _get(entry, name, "project_id", str, "")
     account_file = _get(entry, name, "service_account_file", str, "")
-    if not project_id or not account_file:
-        raise MatrixConfigError(f"apps.{name} needs project_id and service_account_file")
+    fcm_app = _get(entry, name, "fcm_app", str, "")
+    if fcm_app and (project_id or account_file):
+        raise MatrixConfigError(
+            f"apps.{name}: fcm_app names the account; drop project_id and service_account_file"
+        )
+    if not fcm_app and (not project_id or not account_file):
+        raise MatrixConfigError(
+            f"apps.{name} needs project_id and service_account_file (or fcm_app)"
+        )
     options = _get(entry, name, "fcm_options", dict, {})
     try:
         options_json = compact_json(options) if options else None
@@ -232,11 +245,14 @@ def _gcm_app(name: str, entry: dict[str, Any], base: Path) -> MatrixApp:
         name=name,
         provider=Provider.FCM,
         send_badge_counts=_get(entry, name, "send_badge_counts", bool, True),
-        fcm=credentials.FcmAccount(
+        fcm=None
+        if fcm_app
+        else credentials.FcmAccount(
             name=f"matrix {name}",
             credentials_file=_path(base, account_file),
             project_id=project_id,
         ),
+        fcm_app=fcm_app,
         fcm_options=options_json,
         channels=channels,
         channel_types=channel_types,
@@ -264,7 +280,7 @@ def parse_apps(text: str, *, base: Path) -> dict[str, MatrixApp]:
             app = _gcm_app(name, entry, base)
         else:
             raise MatrixConfigError(f"apps.{name}.type must be apns or gcm, not {kind!r}")
-        unknown = set(entry) - _UNDERSTOOD[app.provider] - _CHANNEL_KEYS
+        unknown = set(entry) - _UNDERSTOOD[app.provider] - _CHANNEL_KEYS - _OWN_FCM_KEYS
         if unknown:
             # As Sygnal does: a key it does not know is reported, not fatal.
             logger.warning("MATRIX_APPS_FILE: apps.%s: keys not understood: %s", name, unknown)
@@ -273,8 +289,9 @@ def parse_apps(text: str, *, base: Path) -> dict[str, MatrixApp]:
 
 
 @cache
-def _load(path: str, apns_endpoint: str) -> dict[str, MatrixApp]:
-    # `apns_endpoint` is part of the key: APNS_ENDPOINT changes what the entries point at.
+def _load(path: str, *apns_endpoints: str | None) -> dict[str, MatrixApp]:
+    # The endpoints are part of the key: APNS_ENDPOINT and APNS_SANDBOX_ENDPOINT change what
+    # the entries point at.
     file = Path(path)
     try:
         text = file.read_text()
@@ -287,7 +304,7 @@ def apps() -> dict[str, MatrixApp]:
     """The configured apps (none when MATRIX_APPS_FILE is unset); raises MatrixConfigError."""
     if not settings.MATRIX_APPS_FILE:
         return {}
-    return _load(settings.MATRIX_APPS_FILE, settings.APNS_ENDPOINT)
+    return _load(settings.MATRIX_APPS_FILE, settings.APNS_ENDPOINT, settings.APNS_SANDBOX_ENDPOINT)
 
 
 def find_app(app_id: str) -> MatrixApp | None:
@@ -316,7 +333,19 @@ def check_apps() -> list[str]:
         ):
             if path and not Path(path).is_file():
                 problems.append(f"MATRIX_APPS_FILE: apps.{app.name}.{label}: cannot read {path}")
+        if app.fcm_app and _push_apps_fcm(app.fcm_app) is None:
+            problems.append(
+                f"MATRIX_APPS_FILE: apps.{app.name}.fcm_app: PUSH_APPS_FILE has no fcm app "
+                f"{app.fcm_app!r}"
+            )
     return problems
+
+
+def _push_apps_fcm(name: str) -> credentials.FcmAccount | None:
+    try:
+        return credentials.push_apps_fcm(name)
+    except credentials.CredentialsError:
+        return None  # reported by the credentials check
 
 
 def _apns_credentials(name: str) -> credentials.ApnsCredentials | None:
@@ -332,11 +361,14 @@ def _fcm_account(name: str) -> credentials.FcmAccount:
         app = apps().get(name)
     except MatrixConfigError:
         app = None
-    if app is None or app.fcm is None:
+    account = None
+    if app is not None:
+        account = _push_apps_fcm(app.fcm_app) if app.fcm_app else app.fcm
+    if account is None:
         # Gone from the file since the delivery was made: a configuration fault, never the
         # settings' project (whose tokens these are not).
         return credentials.FcmAccount(name=f"matrix {name}", credentials_file="")
-    return app.fcm
+    return account
 
 
 def register() -> None:

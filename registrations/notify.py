@@ -12,7 +12,7 @@ from bouncer.asyncdb import database
 from bouncer.errors import BouncerError, ErrorCode
 from delivery import engine
 from delivery.payloads import ApnsPushRequest, E2EENotifyParams, e2ee_apns_body, e2ee_fcm_data
-from delivery.types import Delivery
+from delivery.types import VOIP, Delivery, is_voip_app
 from registrations import lookups
 from registrations.devices import decode_token_id
 from registrations.lookups import DeviceRow, RealmInfo, ServerInfo, find_realm
@@ -120,7 +120,10 @@ async def notify(*, server: ServerInfo, params: E2EENotifyParams) -> dict[str, A
                     app_id=ios_app_id or "",
                     body=e2ee_apns_body(item),
                     priority=item.http_headers.apns_priority,
-                    push_type=item.http_headers.apns_push_type,
+                    # A PushKit token takes VoIP pushes only, whatever the server chose.
+                    push_type=VOIP
+                    if is_voip_app(ios_app_id or "")
+                    else item.http_headers.apns_push_type,
                     expiration=None,
                 )
             )

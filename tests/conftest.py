@@ -242,14 +242,20 @@ def add_e2ee_devices(realm: RemoteRealm, tokens: Iterable[str]) -> None:
     )
 
 
-def e2ee_register(server: ZulipServer, realm: RemoteRealm, token: str, kind: str = "apns") -> Any:
+def e2ee_register(
+    server: ZulipServer,
+    realm: RemoteRealm,
+    token: str,
+    kind: str = "apns",
+    ios_app_id: str = "org.zulip.Zulip",
+) -> Any:
     """`push/e2ee/register` for a phone with this token, sealed to the active bouncer key."""
     public = (keys.active_key() or keys.generate_key()).public_key
     payload = {
         "token": token,
         "token_kind": kind,
         "timestamp": int(time.time()),
-        "ios_app_id": "org.zulip.Zulip" if kind == "apns" else None,
+        "ios_app_id": ios_app_id if kind == "apns" else None,
     }
     return server.post_form(
         "push/e2ee/register",
