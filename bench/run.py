@@ -360,6 +360,14 @@ class CpuMeter:
         return total
 
 
+def host_busy(seconds: float = 3) -> float:
+    """The share of the machine's CPU in use over the next `seconds`, by whatever runs."""
+    before = machine_jiffies()
+    time.sleep(seconds)
+    after = machine_jiffies()
+    return (after[0] - before[0]) / max(1, after[1] - before[1])
+
+
 def machine_jiffies() -> tuple[int, int]:
     """(busy, total) CPU time of the whole machine so far, from /proc/stat."""
     with open("/proc/stat") as f:
@@ -869,6 +877,10 @@ def run_peer(args: argparse.Namespace, out: list[str]) -> None:
     compared with each of the bouncer's sides."""
     started = datetime.datetime.now(datetime.UTC)
     out.append(f"# Bouncer and Sygnal side by side, {started:%Y-%m-%d %H:%M} UTC\n")
+    # The host is shared: how busy it was before anything of the benchmark ran says how much
+    # of the figures' noise is other users'.
+    out.append(f"Before the run, without the benchmark: {host_busy():.0%} busy.\n")
+    busy: list[float] = []
     with stack_for(args) as s:
         setup_django(s)
         import workloads
@@ -939,6 +951,7 @@ def run_peer(args: argparse.Namespace, out: list[str]) -> None:
                         )
                         for label, requests in order
                     }
+                    busy += [point.machine_busy for point in measured.values()]
                     sygnal = measured.pop("Sygnal")
                     for protocol, bouncer in measured.items():
                         results.setdefault((protocol, devices, concurrency), []).append(
@@ -954,7 +967,8 @@ def run_peer(args: argparse.Namespace, out: list[str]) -> None:
                             f"{name} {point.delivered_per_second:,.0f}/s "
                             f"p99 {point.p99_ms:,.0f} ms "
                             f"({cpu_ms_per_notification(point, groups):.2f} ms CPU/notif, "
-                            f"errors {fmt_errors(point.errors)})"
+                            f"errors {fmt_errors(point.errors)}, "
+                            f"machine {point.machine_busy:.0%} busy)"
                             for name, point, groups in progress
                         ),
                         flush=True,
@@ -974,6 +988,10 @@ def run_peer(args: argparse.Namespace, out: list[str]) -> None:
             tables += [
                 peer_row(d, c, pairs) for (p, d, c), pairs in results.items() if p == "matrix"
             ]
+        tables.append(
+            f"\nThe whole machine while measuring: {median(busy):.0%} busy (median of the "
+            f"points; {min(busy):.0%} to {max(busy):.0%}).\n"
+        )
         out += tables
         print("\n".join(tables), flush=True)
 
