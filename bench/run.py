@@ -908,8 +908,7 @@ def run_peer(args: argparse.Namespace, out: list[str]) -> None:
         }
 
         def warm_up() -> None:
-            # Connections and provider tokens first, on every side (the bouncer's Matrix app
-            # signs with its own credentials, over its own connections).
+            # Connections, provider tokens and each side's caches first, on every side.
             for _, requests in sides[1]:
                 measure(s, "warm-up", requests, concurrency=4, seconds=2)
 
@@ -919,7 +918,9 @@ def run_peer(args: argparse.Namespace, out: list[str]) -> None:
             "devices per request (bouncer, Zulip's protocol), the push gateway's notify with "
             "1 or 10 APNs pushkeys (bouncer's /_matrix/push/v1/notify, configured by "
             "MATRIX_APPS_FILE with Sygnal's `apps:` entry; and Sygnal: the same request "
-            f"bodies in the same order), closed loop, {args.seconds:g} s per point, the fake "
+            "bodies in the same order); measured here: "
+            + "".join(f"bouncer ({protocol}), " for protocol in args.peer_protocols)
+            + f"Sygnal; closed loop, {args.seconds:g} s per point, the fake "
             f"APNs answering after {args.apns_latency} ms; medians of {args.runs} run(s), "
             "errors summed over them; the client gives up after 15 s, as a Zulip server does. "
             "Notifications counted at the fake APNs. CPU per notification: the bouncer's web, "
