@@ -9,6 +9,7 @@ ends.
 
 import base64
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -20,11 +21,33 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.services import PostgresCluster, RedisServer, free_port, wait_for_port  # noqa: E402
+
+# The Matrix app both Matrix gateways serve in the benchmark: the bouncer (MATRIX_APPS_FILE)
+# and Sygnal (its own config) get the same `apps:` entry, so the same request bodies go to
+# the same fake APNs with the same key and topic on both.
+MATRIX_APP_ID = "org.zulip.bench.ios"
+
+
+def matrix_apps(env: dict[str, str]) -> dict[str, Any]:
+    """Sygnal's `apps:` mapping: one APNs app signing with the stack's .p8 key. The host and
+    CA are not in it (Sygnal has no setting for them): the bouncer takes APNS_ENDPOINT and
+    PUSH_CA_FILE, Sygnal is pointed by bench/sygnal_launcher.py."""
+    return {
+        MATRIX_APP_ID: {
+            "type": "apns",
+            "keyfile": env["APNS_TOKEN_KEY_FILE"],
+            "key_id": env["APNS_TOKEN_KEY_ID"],
+            "team_id": env["APNS_TEAM_ID"],
+            "topic": "org.zulip.Zulip",
+            "push_type": "alert",
+        }
+    }
 
 
 @dataclass
@@ -181,8 +204,15 @@ def stack(
         "STATIC_ROOT": str(workdir),
         "PUSH_CA_FILE": str(loopback_tls().ca_file),
         "PYTHONPATH": str(ROOT),
+        "MATRIX_APPS_FILE": str(workdir / "matrix-apps.yaml"),
+        # Every Matrix request comes from the load generator's one address; the production
+        # default (6000/60 per homeserver) would be what is measured.
+        "MATRIX_NOTIFY_RATE_LIMIT": "100000000/60",
     }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env.pop("MATRIX_NOTIFY_ALLOWED_NETWORKS", None)
+    # YAML reads JSON.
+    (workdir / "matrix-apps.yaml").write_text(json.dumps({"apps": matrix_apps(env)}, indent=2))
     s = Stack(env=env, web_url=f"http://127.0.0.1:{web_port}", workdir=workdir)
     s.services["postgres"] = int((postgres.data / "postmaster.pid").read_text().split()[0])
     assert redis.process is not None

@@ -118,12 +118,12 @@ def install_sygnal(workdir: Path, archive: Path = SYGNAL_ARCHIVE) -> Path:
 
 
 def start_sygnal(s: "Stack", python: Path, *, log_level: str = "INFO") -> str:
-    """Sygnal on a free loopback port, one APNs app (SYGNAL_APP_ID) signing with the same
-    .p8 key as the bouncer and sending to the same fake APNs; returns its base URL.
+    """Sygnal on a free loopback port, one APNs app (harness.MATRIX_APP_ID) signing with the
+    same .p8 key as the bouncer and sending to the same fake APNs (the same `apps:` entry as
+    the bouncer's MATRIX_APPS_FILE); returns its base URL.
 
     Its process is the Stack's role "sygnal" (CPU, memory), stopped with the stack."""
-    from harness import ROOT
-    from workloads import SYGNAL_APP_ID
+    from harness import ROOT, matrix_apps
 
     from tests.services import free_port, wait_for_port
 
@@ -153,16 +153,7 @@ def start_sygnal(s: "Stack", python: Path, *, log_level: str = "INFO") -> str:
             "opentracing": {"enabled": False},
             "sentry": {"enabled": False},
         },
-        "apps": {
-            SYGNAL_APP_ID: {
-                "type": "apns",
-                "keyfile": s.env["APNS_TOKEN_KEY_FILE"],
-                "key_id": s.env["APNS_TOKEN_KEY_ID"],
-                "team_id": s.env["APNS_TEAM_ID"],
-                "topic": "org.zulip.Zulip",
-                "push_type": "alert",
-            }
-        },
+        "apps": matrix_apps(s.env),
     }
     config_file = s.workdir / "sygnal.yaml"
     config_file.write_text(json.dumps(config, indent=2))  # YAML reads JSON

@@ -33,7 +33,7 @@ from typing import Any
 import httpx
 import peers
 from harness import ROOT, Stack, percentile, setup_django, stack
-from workloads import Request, Tenant
+from workloads import MATRIX_NOTIFY, Request, Tenant
 
 WORKLOADS = [
     "e2ee-1",
@@ -41,6 +41,8 @@ WORKLOADS = [
     "e2ee-10",
     "apns-1",
     "apns-10",
+    "matrix-1",
+    "matrix-10",
     "legacy-2",
     "register",
     "mixed",
@@ -76,9 +78,11 @@ class Point:
 
 
 def error_label(response: httpx.Response) -> str:
-    """A non-200 answer as the report counts it: status and Zulip's error code, if any."""
+    """A non-200 answer as the report counts it: status and Zulip's error code (or Matrix's
+    errcode), if any."""
     try:
-        code = response.json().get("code", "")
+        answer = response.json()
+        code = answer.get("code") or answer.get("errcode") or ""
     except ValueError:
         code = "not JSON"
     retry_after = " + Retry-After" if "Retry-After" in response.headers else ""
@@ -142,6 +146,10 @@ async def drive(
             done += 1
             if response.status_code != 200:
                 errors[error_label(response)] += 1
+            elif url.endswith(MATRIX_NOTIFY) and response.json().get("rejected"):
+                # A 200 that sent nothing to the rejected pushkeys (an app the gateway does
+                # not know, a token Apple declared dead): not a delivered notification.
+                errors["200 rejected"] += 1
 
         started = time.perf_counter()
         deadline = started + seconds
@@ -352,6 +360,14 @@ class CpuMeter:
         return total
 
 
+def host_busy(seconds: float = 3) -> float:
+    """The share of the machine's CPU in use over the next `seconds`, by whatever runs."""
+    before = machine_jiffies()
+    time.sleep(seconds)
+    after = machine_jiffies()
+    return (after[0] - before[0]) / max(1, after[1] - before[1])
+
+
 def machine_jiffies() -> tuple[int, int]:
     """(busy, total) CPU time of the whole machine so far, from /proc/stat."""
     with open("/proc/stat") as f:
@@ -434,6 +450,8 @@ def requests_for(workload: str, tenants: list[Tenant], public_key: str) -> Itera
         return workloads.e2ee_notify(tenants, int(workload.split("-")[1]))
     if workload.startswith("apns-"):
         return workloads.e2ee_notify(tenants, int(workload.split("-")[1]), kind="apns")
+    if workload.startswith("matrix-"):
+        return workloads.matrix_notify(workloads.matrix_bodies(int(workload.split("-")[1])))
     if workload == "legacy-2":
         return workloads.legacy_notify(tenants)
     if workload == "register":
@@ -446,7 +464,7 @@ def requests_for(workload: str, tenants: list[Tenant], public_key: str) -> Itera
 
 
 def devices_per_request(workload: str) -> int:
-    if workload.startswith(("e2ee-", "apns-")):
+    if workload.startswith(("e2ee-", "apns-", "matrix-")):
         return int(workload.split("-")[1])
     return {"legacy-2": 2, "mixed": 3}.get(workload, 0)
 
@@ -532,7 +550,7 @@ def ladder(
         point = measure(s, workload, requests, concurrency=concurrency, seconds=seconds)
         devices = devices_per_request(workload)
         if with_limit and devices:
-            kind = "apns" if workload.startswith("apns-") else None
+            kind = "apns" if workload.startswith(("apns-", "matrix-")) else None
             point.limit, point.limit_cpu = raw_limit(
                 s, tenants, concurrency * devices, seconds / 2, kind
             )
@@ -848,11 +866,21 @@ PEER_HEADER = (
 )
 
 
+MATRIX_PEER_HEADER = PEER_HEADER.replace("devices x in flight", "pushkeys x in flight", 1)
+
+
 def run_peer(args: argparse.Namespace, out: list[str]) -> None:
-    """The same APNs-only shapes against the bouncer and against Sygnal, each on its own
-    protocol, in one stack (one fake APNs, one load generator), `--runs` times."""
+    """The same APNs-only shapes against the bouncer and against Sygnal, in one stack (one
+    fake APNs, one load generator), `--runs` times: the bouncer on Zulip's protocol and on
+    Matrix's (`--peer-protocols`), Sygnal on Matrix's. Sygnal and the bouncer's Matrix side
+    get the same request bodies in the same order; Sygnal is measured once per shape and
+    compared with each of the bouncer's sides."""
     started = datetime.datetime.now(datetime.UTC)
     out.append(f"# Bouncer and Sygnal side by side, {started:%Y-%m-%d %H:%M} UTC\n")
+    # The host is shared: how busy it was before anything of the benchmark ran says how much
+    # of the figures' noise is other users'.
+    out.append(f"Before the run, without the benchmark: {host_busy():.0%} busy.\n")
+    busy: list[float] = []
     with stack_for(args) as s:
         setup_django(s)
         import workloads
@@ -864,66 +892,109 @@ def run_peer(args: argparse.Namespace, out: list[str]) -> None:
         tenants = workloads.create_tenants(
             servers=args.servers, e2ee_per_server=600, legacy_users=0
         )
-        ours = {n: requests_for(f"apns-{n}", tenants, "") for n in PEER_SHAPES}
-        theirs = {n: workloads.sygnal_notify(url, n) for n in PEER_SHAPES}
-        # Connections and provider tokens first, on both sides.
-        measure(s, "warm-up", ours[1], concurrency=4, seconds=2)
-        measure(s, "warm-up", theirs[1], concurrency=4, seconds=2)
+        bodies = {n: workloads.matrix_bodies(n) for n in PEER_SHAPES}
+        # Per shape, what is measured, in order: the bouncer's protocols, then Sygnal.
+        sides = {
+            n: [
+                *(
+                    (protocol, requests_for(f"apns-{n}", tenants, ""))
+                    if protocol == "zulip"
+                    else (protocol, workloads.matrix_notify(bodies[n]))
+                    for protocol in args.peer_protocols
+                ),
+                ("Sygnal", workloads.matrix_notify(bodies[n], url)),
+            ]
+            for n in PEER_SHAPES
+        }
+
+        def warm_up() -> None:
+            # Connections, provider tokens and each side's caches first, on every side.
+            for _, requests in sides[1]:
+                measure(s, "warm-up", requests, concurrency=4, seconds=2)
+
+        warm_up()
         out.append(
             f"`{' '.join(['bench/run.py', *sys.argv[1:]])}`: E2EE notify to 1 or 10 APNs "
-            "devices per request (bouncer) and the push gateway's notify with 1 or 10 APNs "
-            f"pushkeys (Sygnal), closed loop, {args.seconds:g} s per point, the fake APNs "
-            f"answering after {args.apns_latency} ms; medians of {args.runs} run(s), errors "
-            "summed over them; the client gives up after 15 s, as a Zulip server does. "
+            "devices per request (bouncer, Zulip's protocol), the push gateway's notify with "
+            "1 or 10 APNs pushkeys (bouncer's /_matrix/push/v1/notify, configured by "
+            "MATRIX_APPS_FILE with Sygnal's `apps:` entry; and Sygnal: the same request "
+            "bodies in the same order); measured here: "
+            + "".join(f"bouncer ({protocol}), " for protocol in args.peer_protocols)
+            + f"Sygnal; closed loop, {args.seconds:g} s per point, the fake "
+            f"APNs answering after {args.apns_latency} ms; medians of {args.runs} run(s), "
+            "errors summed over them; the client gives up after 15 s, as a Zulip server does. "
             "Notifications counted at the fake APNs. CPU per notification: the bouncer's web, "
             "workers, PostgreSQL and Redis; Sygnal's process. "
             f"`manage.py serve --workers {args.web_workers}`; Sygnal as configured by "
             "bench/peers.py (one process, its defaults). Each run after the first starts "
-            "with new bouncer and Sygnal processes (same database, Redis and fakes).\n"
+            "with new bouncer and Sygnal processes (same database, Redis and fakes). Sygnal "
+            "is measured once per shape and run: with both protocols, its columns are the "
+            "same figures in both tables.\n"
         )
-        results: dict[tuple[int, int], list[tuple[Point, Point]]] = {}
+        results: dict[tuple[str, int, int], list[tuple[Point, Point]]] = {}
         for run in range(args.runs):
             if run:
                 fresh_sides(s, url)
-                measure(s, "warm-up", ours[1], concurrency=4, seconds=2)
-                measure(s, "warm-up", theirs[1], concurrency=4, seconds=2)
+                warm_up()
             for devices in PEER_SHAPES:
                 for concurrency in args.peer_concurrency:
-                    sides = []
                     # Which side goes first alternates between runs: the host's drift
-                    # then falls on both.
-                    for requests in (
-                        (ours[devices], theirs[devices])
-                        if run % 2 == 0
-                        else (theirs[devices], ours[devices])
-                    ):
-                        sides.append(
-                            measure(
-                                s,
-                                f"apns-{devices}",
-                                requests,
-                                concurrency=concurrency,
-                                seconds=args.seconds,
-                                groups=PEER_GROUPS,
-                            )
+                    # then falls on all of them.
+                    order = sides[devices] if run % 2 == 0 else sides[devices][::-1]
+                    measured = {
+                        label: measure(
+                            s,
+                            f"{label}-{devices}",
+                            requests,
+                            concurrency=concurrency,
+                            seconds=args.seconds,
+                            groups=PEER_GROUPS,
                         )
-                    bouncer, sygnal = sides if run % 2 == 0 else sides[::-1]
-                    results.setdefault((devices, concurrency), []).append((bouncer, sygnal))
+                        for label, requests in order
+                    }
+                    busy += [point.machine_busy for point in measured.values()]
+                    sygnal = measured.pop("Sygnal")
+                    for protocol, bouncer in measured.items():
+                        results.setdefault((protocol, devices, concurrency), []).append(
+                            (bouncer, sygnal)
+                        )
+                    progress = [
+                        *((f"bouncer ({p})", b, BOUNCER_SIDE) for p, b in measured.items()),
+                        ("Sygnal", sygnal, ["Sygnal"]),
+                    ]
                     print(
                         f"run {run + 1}/{args.runs}, {devices} x {concurrency}: "
-                        f"bouncer {bouncer.delivered_per_second:,.0f}/s "
-                        f"p99 {bouncer.p99_ms:,.0f} ms "
-                        f"({cpu_ms_per_notification(bouncer, BOUNCER_SIDE):.2f} ms CPU/notif, "
-                        f"errors {fmt_errors(bouncer.errors)}); "
-                        f"Sygnal {sygnal.delivered_per_second:,.0f}/s "
-                        f"p99 {sygnal.p99_ms:,.0f} ms "
-                        f"({cpu_ms_per_notification(sygnal, ['Sygnal']):.2f} ms CPU/notif, "
-                        f"errors {fmt_errors(sygnal.errors)})",
+                        + "; ".join(
+                            f"{name} {point.delivered_per_second:,.0f}/s "
+                            f"p99 {point.p99_ms:,.0f} ms "
+                            f"({cpu_ms_per_notification(point, groups):.2f} ms CPU/notif, "
+                            f"errors {fmt_errors(point.errors)}, "
+                            f"machine {point.machine_busy:.0%} busy)"
+                            for name, point, groups in progress
+                        ),
                         flush=True,
                     )
-        out.append(PEER_HEADER)
-        out += [peer_row(d, c, pairs) for (d, c), pairs in results.items()]
-        print("\n".join(out[-len(results) - 1 :]), flush=True)
+        tables = []
+        if "zulip" in args.peer_protocols:
+            tables += ["The bouncer on Zulip's protocol (E2EE notify), Sygnal on Matrix's:\n"]
+            tables += [PEER_HEADER]
+            tables += [
+                peer_row(d, c, pairs) for (p, d, c), pairs in results.items() if p == "zulip"
+            ]
+        if "matrix" in args.peer_protocols:
+            tables += [
+                "\nBoth on Matrix's protocol (the same notify bodies to each):\n",
+                MATRIX_PEER_HEADER,
+            ]
+            tables += [
+                peer_row(d, c, pairs) for (p, d, c), pairs in results.items() if p == "matrix"
+            ]
+        tables.append(
+            f"\nThe whole machine while measuring: {median(busy):.0%} busy (median of the "
+            f"points; {min(busy):.0%} to {max(busy):.0%}).\n"
+        )
+        out += tables
+        print("\n".join(tables), flush=True)
 
 
 # --- A quiet server among flooding neighbours (--neighbours) ---------------------------------
@@ -949,8 +1020,9 @@ class Phase:
 
 
 def _answered_200(done: int, errors: Counter[str]) -> int:
-    """Answers that were 200: `done` counts every answer, `errors` also the non-200 ones
-    (labels starting with their status) and the requests never answered (exception names)."""
+    """Answers that were 200 and rejected nothing: `done` counts every answer, `errors` also
+    the non-200 ones and the 200s with rejected pushkeys (labels starting with their status)
+    and the requests never answered (exception names)."""
     return done - sum(n for label, n in errors.items() if label[:1].isdigit())
 
 
@@ -1085,8 +1157,8 @@ def run_neighbours(args: argparse.Namespace, out: list[str]) -> None:
                 sides.append(
                     (
                         "Sygnal",
-                        workloads.sygnal_notify(url, 1),
-                        workloads.sygnal_notify(url, FLOOD_DEVICES),
+                        workloads.matrix_notify(workloads.matrix_bodies(1), url),
+                        workloads.matrix_notify(workloads.matrix_bodies(FLOOD_DEVICES), url),
                         ["Sygnal"],
                     )
                 )
@@ -1108,8 +1180,8 @@ def main() -> None:
         "--workloads",
         nargs="*",
         default=None,
-        choices=WORKLOADS,
-        help="default: all, or none with --peer or --neighbours",
+        choices=[*WORKLOADS, "matrix"],
+        help="default: all, or none with --peer or --neighbours; matrix: matrix-1 and matrix-10",
     )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[4, 16, 64, 128])
     parser.add_argument("--seconds", type=float, default=8)
@@ -1159,6 +1231,13 @@ def main() -> None:
     parser.add_argument(
         "--peer-concurrency", type=int, nargs="+", default=[16, 64, 128, 256], help="--peer"
     )
+    parser.add_argument(
+        "--peer-protocols",
+        nargs="+",
+        default=["zulip", "matrix"],
+        choices=["zulip", "matrix"],
+        help="--peer: the bouncer's sides compared with the peer (default both; one table each)",
+    )
     parser.add_argument("--sygnal-archive", default=str(peers.SYGNAL_ARCHIVE))
     parser.add_argument(
         "--neighbours",
@@ -1178,6 +1257,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.workloads is None:
         args.workloads = [] if args.peer or args.neighbours else WORKLOADS
+    args.workloads = [
+        name
+        for workload in args.workloads
+        for name in (["matrix-1", "matrix-10"] if workload == "matrix" else [workload])
+    ]
     if args.runs < 1:
         parser.error("--runs wants 1 or more")
     if args.rows and (args.workloads or args.scaling):

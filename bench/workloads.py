@@ -4,6 +4,7 @@ Requests are built as Zulip servers build them (zulip-delivery.md, zulip-registr
 E2EE notify with N devices (APNs and FCM alternating), legacy notify for a user with one
 APNs and one FCM token, sealed E2EE registrations, analytics uploads. Many servers, one realm
 each; a request goes out as one of them, in turn.
+Matrix notifications are built as Synapse sends them to a push gateway.
 """
 
 import base64
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import connection
+from harness import MATRIX_APP_ID
 
 # A request for the load generator: (method, path, auth, json body or form).
 Request = tuple[str, str, tuple[str, str] | None, dict[str, Any] | None, dict[str, str] | None]
@@ -131,37 +133,48 @@ def e2ee_notify(tenants: list[Tenant], devices: int, kind: str | None = None) ->
     return itertools.cycle(bodies)
 
 
-# Sygnal's side of the same shapes: a Matrix homeserver's push for a message, as Synapse
-# sends it (the push gateway spec's POST /_matrix/push/v1/notify), to `devices` iOS devices.
-SYGNAL_APP_ID = "org.zulip.bench.ios"
+# Matrix: a homeserver's push for a message, as Synapse sends it (the push gateway spec's
+# POST /_matrix/push/v1/notify), to `devices` iOS devices. The same bodies go to the bouncer
+# and to Sygnal (--peer sygnal), both serving MATRIX_APP_ID from the same `apps:` entry.
+MATRIX_NOTIFY = "/_matrix/push/v1/notify"
 
 
-def sygnal_notify(url: str, devices: int, pushkeys: int = 6000) -> Iterator[Request]:
+def matrix_bodies(devices: int, pushkeys: int = 6000) -> list[dict[str, Any]]:
     """Notifications to `devices` APNs pushkeys each (base64, as iOS apps register them;
-    Sygnal turns them into hex tokens), drawn in turn from `pushkeys` distinct ones."""
+    both gateways turn them into hex tokens), drawn in turn from `pushkeys` distinct ones,
+    in a random order."""
     keys = [base64.b64encode(os.urandom(32)).decode() for _ in range(pushkeys)]
-    bodies: list[Request] = []
+    bodies: list[dict[str, Any]] = []
     for start in range(0, len(keys) - devices + 1, devices):
-        body = {
-            "notification": {
-                "event_id": f"$bench{start}",
-                "room_id": "!room:bench.example.org",
-                "type": "m.room.message",
-                "sender": "@hamlet:bench.example.org",
-                "sender_display_name": "King Hamlet",
-                "room_name": "Denmark",
-                "content": {"msgtype": "m.text", "body": "hi"},
-                "counts": {"unread": 1},
-                "prio": "high",
-                "devices": [
-                    {"app_id": SYGNAL_APP_ID, "pushkey": key, "pushkey_ts": 0, "data": {}}
-                    for key in keys[start : start + devices]
-                ],
+        bodies.append(
+            {
+                "notification": {
+                    "event_id": f"$bench{start}",
+                    "room_id": "!room:bench.example.org",
+                    "type": "m.room.message",
+                    "sender": "@hamlet:bench.example.org",
+                    "sender_display_name": "King Hamlet",
+                    "room_name": "Denmark",
+                    "content": {"msgtype": "m.text", "body": "hi"},
+                    "counts": {"unread": 1},
+                    "prio": "high",
+                    "devices": [
+                        {"app_id": MATRIX_APP_ID, "pushkey": key, "pushkey_ts": 0, "data": {}}
+                        for key in keys[start : start + devices]
+                    ],
+                }
             }
-        }
-        bodies.append(("POST", f"{url}/_matrix/push/v1/notify", None, body, None))
+        )
     random.shuffle(bodies)
-    return itertools.cycle(bodies)
+    return bodies
+
+
+def matrix_notify(bodies: list[dict[str, Any]], base_url: str = "") -> Iterator[Request]:
+    """`bodies` in turn, in their order, to a gateway: the bouncer (no `base_url`: the load
+    generator sends a path to the bouncer) or Sygnal at `base_url`."""
+    return itertools.cycle(
+        [("POST", f"{base_url}{MATRIX_NOTIFY}", None, body, None) for body in bodies]
+    )
 
 
 def legacy_notify(tenants: list[Tenant]) -> Iterator[Request]:

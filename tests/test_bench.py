@@ -28,6 +28,7 @@ def test_a_short_benchmark_run_completes_without_errors() -> None:
             "e2ee-3",
             "apns-1",
             "register",
+            "matrix",
             "--concurrency",
             "2",
             "--seconds",
@@ -61,6 +62,13 @@ def test_a_short_benchmark_run_completes_without_errors() -> None:
         assert float(row[2].replace(",", "")) > 0, row  # requests/s
     assert float(e2ee[3].replace(",", "")) > 0, e2ee  # delivered/s, counted at the fakes
     assert e2ee[9] != "-", e2ee  # the raw limit was measured
+    # The Matrix notify (the bouncer's /_matrix/push/v1/notify, its apps from the bench's
+    # MATRIX_APPS_FILE): every pushkey accepted (a rejected one counts as an error) and sent.
+    for shape in ("matrix-1", "matrix-10"):
+        row = throughput[shape]
+        assert row[5] == "0", row
+        assert float(row[3].replace(",", "")) > 0, row
+        assert row[9] != "-", row
     cpu = {row[0]: row for row in rows if len(row) == 10 and row[0] != "workload"}
     assert {"e2ee-3", "raw limit, e2ee-3", "register"} <= set(cpu), cpu
     for row in cpu.values():
