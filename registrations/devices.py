@@ -6,6 +6,8 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 from django.db import close_old_connections, connection
 from django.utils import timezone
@@ -96,28 +98,14 @@ async def register_device_async(
     registration, computed_token_id = _open(
         private, encrypted_push_registration, claimed_token_id, realm_uuid=realm.uuid
     )
-    from legacy.retirement import same_phone_condition
-
-    now = timezone.now()
-    legacy_condition, legacy_params = same_phone_condition(
-        server_id=server.id,
-        realm_id=realm.id,
-        token_kind=registration.token_kind,
-        token=registration.token,
-    )
-    stamp = connection.ops.adapt_datetimefield_value(now)
     [(device_id, has_legacy_tokens)] = await database().fetch(
-        _upsert_sql(legacy_condition),
-        [
-            realm.id,
-            computed_token_id,
-            registration.token,
-            registration.token_kind,
-            registration.ios_app_id,
-            stamp,
-            stamp,
-            *legacy_params,
-        ],
+        *_upsert_statement(
+            server_id=server.id,
+            realm_id=realm.id,
+            registration=registration,
+            token_id=computed_token_id,
+            now=timezone.now(),
+        )
     )
     if has_legacy_tokens:
         await in_thread(_retire_in_thread, server.id, realm.id, device_id)
@@ -177,8 +165,6 @@ def _upsert(
 
     In plain SQL, as the look-ups are (bouncer/rows.py): through the ORM's bulk_create this
     one statement cost more Python than the rest of the registration's statements."""
-    from legacy.retirement import same_phone_condition
-
     now = timezone.now()
     device = RemotePushDevice(
         remote_realm=realm,
@@ -190,23 +176,15 @@ def _upsert(
         last_registered=now,
         expired_time=None,
     )
-    legacy_condition, legacy_params = same_phone_condition(
-        server_id=server.pk, realm_id=realm.pk, token_kind=device.token_kind, token=device.token
-    )
-    stamp = connection.ops.adapt_datetimefield_value(now)
     with connection.cursor() as cursor:
         cursor.execute(
-            _upsert_sql(legacy_condition),
-            [
-                realm.pk,
-                token_id,
-                device.token,
-                device.token_kind,
-                device.ios_app_id,
-                stamp,
-                stamp,
-                *legacy_params,
-            ],
+            *_upsert_statement(
+                server_id=server.pk,
+                realm_id=realm.pk,
+                registration=registration,
+                token_id=token_id,
+                now=now,
+            )
         )
         [(device.device_id, has_legacy_tokens)] = cursor.fetchall()
     device._state.adding = False
@@ -228,12 +206,38 @@ _UPSERT = f"""
     RETURNING device_id, EXISTS (SELECT 1 FROM {{legacy}} WHERE {{legacy_condition}})"""  # noqa: S608 - table names come from the models
 
 
-def _upsert_sql(legacy_condition: str) -> str:
+def _upsert_statement(
+    *,
+    server_id: int,
+    realm_id: int,
+    registration: sealing.PushRegistration,
+    token_id: int,
+    now: datetime,
+) -> tuple[str, list[Any]]:
+    """The upsert (_UPSERT) for this registration and its parameters, for either cursor."""
     from legacy.models import RemotePushDeviceToken
+    from legacy.retirement import same_phone_condition
 
-    return _UPSERT.format(
+    legacy_condition, legacy_params = same_phone_condition(
+        server_id=server_id,
+        realm_id=realm_id,
+        token_kind=registration.token_kind,
+        token=registration.token,
+    )
+    stamp = connection.ops.adapt_datetimefield_value(now)
+    sql = _UPSERT.format(
         legacy=RemotePushDeviceToken._meta.db_table, legacy_condition=legacy_condition
     )
+    return sql, [
+        realm_id,
+        token_id,
+        registration.token,
+        registration.token_kind,
+        registration.ios_app_id,
+        stamp,
+        stamp,
+        *legacy_params,
+    ]
 
 
 def retire_matching_legacy_tokens(

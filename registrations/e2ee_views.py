@@ -1,6 +1,6 @@
 """`POST push/e2ee/register`: a phone's sealed PushRegistration, forwarded by its server."""
 
-from typing import Annotated, Any
+from typing import Annotated, Any, TypedDict
 
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -24,26 +24,36 @@ class RegisterDeviceParams(Params):
     push_account_id: Annotated[int, Field(ge=0)] | None = None
 
 
-def _require_token(params: RegisterDeviceParams) -> None:
+class _DeviceFields(TypedDict):
+    realm_uuid: str
+    bouncer_public_key: str
+    encrypted_push_registration: str
+    token_id: str | None
+
+
+def _fields(params: RegisterDeviceParams) -> _DeviceFields:
+    """What registers a device, shared by the view and the event loop's endpoint."""
     if params.token_id is None and params.push_account_id is None:
         raise BouncerError(
             "Missing 'token_id' argument",
             code=ErrorCode.REQUEST_VARIABLE_MISSING,
             data={"var_name": "token_id"},
         )
+    return {
+        "realm_uuid": params.realm_uuid,
+        "bouncer_public_key": params.bouncer_public_key,
+        "encrypted_push_registration": params.encrypted_push_registration,
+        "token_id": params.token_id,
+    }
+
+
+def _answer(registered: devices.Registered) -> dict[str, Any]:
+    # 11.x servers assert an integer device_id; 12.x servers ignore the extra key.
+    return {"device_id": registered.device_id}
 
 
 def register(*, server: RemoteZulipServer, params: RegisterDeviceParams) -> dict[str, Any]:
-    _require_token(params)
-    registered = devices.register_device(
-        server=server,
-        realm_uuid=params.realm_uuid,
-        bouncer_public_key=params.bouncer_public_key,
-        encrypted_push_registration=params.encrypted_push_registration,
-        token_id=params.token_id,
-    )
-    # 11.x servers assert an integer device_id; 12.x servers ignore the extra key.
-    return {"device_id": registered.device_id}
+    return _answer(devices.register_device(server=server, **_fields(params)))
 
 
 @csrf_exempt
@@ -58,12 +68,4 @@ async def register_push_device_async(
     server: ServerInfo, params: RegisterDeviceParams
 ) -> dict[str, Any]:
     """The same, from the event loop (bouncer/endpoints.py)."""
-    _require_token(params)
-    registered = await devices.register_device_async(
-        server=server,
-        realm_uuid=params.realm_uuid,
-        bouncer_public_key=params.bouncer_public_key,
-        encrypted_push_registration=params.encrypted_push_registration,
-        token_id=params.token_id,
-    )
-    return {"device_id": registered.device_id}
+    return _answer(await devices.register_device_async(server=server, **_fields(params)))
