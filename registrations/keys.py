@@ -7,6 +7,7 @@ retirement takes effect on the very next request everywhere (the query sees it).
 """
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -197,22 +198,21 @@ def _env_private_key(public_key: str) -> PrivateKey | None:
     env_private = _env_keys().get(public_key)
     if env_private is None:
         return None
-    cache_key = (public_key, env_private.encode())
-    with _cache_lock:
-        cached = _opened.get(cache_key)
-    if cached is None:
-        cached = sealing.private_key_from_b64(env_private)
-        with _cache_lock:
-            _opened[cache_key] = cached
-    return cached
+    return _cached(
+        (public_key, env_private.encode()), lambda: sealing.private_key_from_b64(env_private)
+    )
 
 
 def _opened_key(public_key: str, sealed: bytes) -> PrivateKey:
-    cache_key = (public_key, sealed)
+    return _cached((public_key, sealed), lambda: _open(public_key, sealed))
+
+
+def _cached(cache_key: tuple[str, bytes], open_key: Callable[[], PrivateKey]) -> PrivateKey:
+    """An opened key, opened once per (public key, what it was opened from)."""
     with _cache_lock:
         cached = _opened.get(cache_key)
     if cached is None:
-        cached = _open(public_key, sealed)
+        cached = open_key()
         with _cache_lock:
             _opened[cache_key] = cached
     return cached
