@@ -8,6 +8,7 @@ binaries must run as the `postgres` user, so the cluster's directory is handed t
 
 import base64
 import contextlib
+import json
 import os
 import pwd
 import shutil
@@ -273,3 +274,20 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         directory = os.environ.get(name)
         if directory:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+def migrate_with_key(env: dict[str, str]) -> str:
+    """Migrate the database `env` names and give it a bouncer key pair, as an operator's
+    first commands do; the key's public half."""
+    manage = [sys.executable, "manage.py"]
+    subprocess.run([*manage, "migrate", "-v", "0"], cwd=ROOT, env=env, check=True, timeout=120)
+    subprocess.run([*manage, "bouncer_keys", "generate"], cwd=ROOT, env=env, check=True)
+    listing = subprocess.run(
+        [*manage, "bouncer_keys", "list", "--json"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return str(json.loads(listing.stdout)[0]["public_key"])

@@ -6,10 +6,7 @@ delivery reached the fake and the broker holds nothing more (no task queued, non
 out unacknowledged), so a late duplicate would have been counted.
 """
 
-import json
 import os
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,7 +25,7 @@ from registrations.models import RemoteRealm
 from tests.conftest import ZulipServer, add_e2ee_devices, e2ee_notify, make_server, wait_until
 from tests.delivery.worker import CeleryWorker
 from tests.fakes.apns import Answer, FakeApns
-from tests.services import ROOT, PostgresCluster, RedisServer, WebServer
+from tests.services import PostgresCluster, RedisServer, WebServer, migrate_with_key
 from tests.zulip_client import ZulipServerClient
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -318,18 +315,7 @@ def test_a_postgresql_restart_under_the_delivery_log_writers_loses_no_row_writte
     web = WebServer(env=env, log_path=tmp_path / "web.log")
     worker: CeleryWorker | None = None
     try:
-        manage = [sys.executable, "manage.py"]
-        subprocess.run([*manage, "migrate", "-v", "0"], cwd=ROOT, env=env, check=True, timeout=120)
-        subprocess.run([*manage, "bouncer_keys", "generate"], cwd=ROOT, env=env, check=True)
-        listing = subprocess.run(
-            [*manage, "bouncer_keys", "list", "--json"],
-            cwd=ROOT,
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        public_key = json.loads(listing.stdout)[0]["public_key"]
+        public_key = migrate_with_key(env)
         web.start()
         worker = CeleryWorker(env=env, name="pg-writers").start()
         zulip = ZulipServerClient(web.url)

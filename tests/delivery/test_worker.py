@@ -3,10 +3,7 @@
 These tests commit their rows (transactional db) so the worker, another process, sees them.
 """
 
-import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +26,7 @@ from tests.conftest import (
 )
 from tests.delivery.worker import CeleryWorker
 from tests.fakes.apns import Answer, FakeApns
-from tests.services import ROOT, PostgresCluster, WebServer, free_port, wait_for_port
+from tests.services import PostgresCluster, WebServer, free_port, migrate_with_key, wait_for_port
 from tests.zulip_client import ZulipServerClient
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -205,18 +202,7 @@ def test_a_database_restart_mid_batch_loses_no_delivery(
     web = WebServer(env=env, log_path=tmp_path / "web.log")
     worker: CeleryWorker | None = None
     try:
-        manage = [sys.executable, "manage.py"]
-        subprocess.run([*manage, "migrate", "-v", "0"], cwd=ROOT, env=env, check=True, timeout=120)
-        subprocess.run([*manage, "bouncer_keys", "generate"], cwd=ROOT, env=env, check=True)
-        listing = subprocess.run(
-            [*manage, "bouncer_keys", "list", "--json"],
-            cwd=ROOT,
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        public_key = json.loads(listing.stdout)[0]["public_key"]
+        public_key = migrate_with_key(env)
         web.start()
         worker = CeleryWorker(env=env, name="pg-restart").start()
         zulip = ZulipServerClient(web.url)
