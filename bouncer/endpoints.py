@@ -10,7 +10,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -110,31 +110,45 @@ async def _admit(tenant: str, devices: int) -> None:
     )
 
 
-async def _serve(name: str, scope: Scope, send: Send, work: Callable[[], Awaitable[bytes]]) -> None:
-    """Run an endpoint's work and answer: its success body, or the error in Zulip's envelope
-    (mapped as Django's middleware maps them for the other endpoints)."""
-    started = time.perf_counter()
-    headers: dict[str, str] = {}
-    close = False
-    try:
-        status, body = 200, await work()
-    except BouncerError as e:
-        status, body, headers = e.status, error_body(e), e.headers
-    except BodyTooLarge:
+# An endpoint's error as its protocol answers it: status, body, headers, and whether the
+# connection must close (a body left unread).
+ErrorAnswer = tuple[int, bytes, Mapping[str, str], bool]
+
+
+def _zulip_error(e: Exception, scope: Scope) -> ErrorAnswer:
+    """Zulip's envelope, mapped as Django's middleware maps errors for the other endpoints."""
+    if isinstance(e, BouncerError):
+        return e.status, error_body(e), e.headers, False
+    if isinstance(e, BodyTooLarge):
         error = BouncerError("Request body too large", code=ErrorCode.REQUEST_TOO_LARGE, status=413)
-        status, body, close = 413, error_body(error), True
-    except _UNAVAILABLE as e:
+        return 413, error_body(error), {}, True
+    if isinstance(e, _UNAVAILABLE):
         # PostgreSQL unreachable or restarting: nothing was sent (the look-ups come first).
         # The Zulip server retries.
         logger.error("Database unavailable on %s: %s", scope["path"], e)
         error = service_unavailable(TEMPORARILY_UNAVAILABLE, retry_after=10)
-        status, body, headers = 503, error_body(error), error.headers
-    except Exception:
-        logger.exception("Unhandled error on %s %s", scope["method"], scope["path"])
-        error = BouncerError(
-            "Internal server error", code=ErrorCode.INTERNAL_SERVER_ERROR, status=500
-        )
-        status, body = 500, error_body(error)
+        return 503, error_body(error), error.headers, False
+    logger.exception("Unhandled error on %s %s", scope["method"], scope["path"])
+    error = BouncerError("Internal server error", code=ErrorCode.INTERNAL_SERVER_ERROR, status=500)
+    return 500, error_body(error), {}, False
+
+
+async def _serve(
+    name: str,
+    scope: Scope,
+    send: Send,
+    work: Callable[[], Awaitable[bytes]],
+    answer_error: Callable[[Exception, Scope], ErrorAnswer] = _zulip_error,
+) -> None:
+    """Run an endpoint's work and answer: its success body, or its error as its protocol
+    answers it (`answer_error`, called while the error is being handled)."""
+    started = time.perf_counter()
+    headers: Mapping[str, str] = {}
+    close = False
+    try:
+        status, body = 200, await work()
+    except Exception as e:  # noqa: BLE001 - every error gets an answer; answer_error logs
+        status, body, headers, close = answer_error(e, scope)
     await respond(send, status, body, headers=headers.items(), close=close)
     metrics.record_request(endpoint=name, status=status, seconds=time.perf_counter() - started)
 
@@ -279,11 +293,28 @@ MATRIX_NOTIFY = "/_matrix/push/v1/notify"
 MATRIX_MAX_BODY_BYTES = 512 * 1024
 
 
+def _matrix_error(e: Exception, scope: Scope) -> ErrorAnswer:
+    """Matrix's `{errcode, error}` shape; a Zulip-side refusal (shed by admission, the broker
+    down) becomes M_UNKNOWN with its status, so the homeserver retries on a 5xx."""
+    if isinstance(e, MatrixError):
+        return e.status, matrix_error_body(e), e.headers, False
+    if isinstance(e, BodyTooLarge):
+        error = MatrixError("Request body too large", errcode="M_TOO_LARGE", status=413)
+        return 413, matrix_error_body(error), {}, True
+    if isinstance(e, BouncerError):
+        error = MatrixError(e.msg, errcode="M_UNKNOWN", status=e.status, headers=e.headers)
+        return e.status, matrix_error_body(error), e.headers, False
+    if isinstance(e, _UNAVAILABLE):
+        logger.error("Database unavailable on %s: %s", scope["path"], e)
+        error = MatrixError(TEMPORARILY_UNAVAILABLE, errcode="M_UNKNOWN", status=503)
+        return 503, matrix_error_body(error), {"Retry-After": "10"}, False
+    logger.exception("Unhandled error on %s %s", scope["method"], scope["path"])
+    error = MatrixError("Internal server error", errcode="M_UNKNOWN", status=500)
+    return 500, matrix_error_body(error), {}, False
+
+
 async def _matrix_notify(scope: Scope, receive: Receive, send: Send) -> None:
-    started = time.perf_counter()
-    headers: dict[str, str] = {}
-    close = False
-    try:
+    async def work() -> bytes:
         if scope["method"] != "POST":
             raise MatrixError(
                 "Method not allowed",
@@ -298,11 +329,7 @@ async def _matrix_notify(scope: Scope, receive: Receive, send: Send) -> None:
         )
         await access.check_async(address)
         _shed_if_queued_too_long(scope)
-        try:
-            raw = await read_body(receive, limit=MATRIX_MAX_BODY_BYTES)
-        except BodyTooLarge:
-            close = True
-            raise MatrixError("Request body too large", errcode="M_TOO_LARGE", status=413) from None
+        raw = await read_body(receive, limit=MATRIX_MAX_BODY_BYTES)
         try:
             body = json.loads(raw)
         except (ValueError, RecursionError):
@@ -317,25 +344,9 @@ async def _matrix_notify(scope: Scope, receive: Receive, send: Send) -> None:
             rejected = await matrix_notify.notify(n=notification, tenant=tenant)
         finally:
             gate.leave(tenant)
-        status, answer = 200, json.dumps({"rejected": rejected}).encode()
-    except MatrixError as e:
-        status, answer, headers = e.status, matrix_error_body(e), e.headers
-    except BouncerError as e:
-        # Shed by admission, or the broker is down: the homeserver retries on a 5xx.
-        error = MatrixError(e.msg, errcode="M_UNKNOWN", status=e.status, headers=e.headers)
-        status, answer, headers = e.status, matrix_error_body(error), e.headers
-    except _UNAVAILABLE as e:
-        logger.error("Database unavailable on %s: %s", scope["path"], e)
-        error = MatrixError(TEMPORARILY_UNAVAILABLE, errcode="M_UNKNOWN", status=503)
-        status, answer, headers = 503, matrix_error_body(error), {"Retry-After": "10"}
-    except Exception:
-        logger.exception("Unhandled error on %s %s", scope["method"], scope["path"])
-        error = MatrixError("Internal server error", errcode="M_UNKNOWN", status=500)
-        status, answer = 500, matrix_error_body(error)
-    await respond(send, status, answer, headers=headers.items(), close=close)
-    metrics.record_request(
-        endpoint=MATRIX_NOTIFY.lstrip("/"), status=status, seconds=time.perf_counter() - started
-    )
+        return json.dumps({"rejected": rejected}).encode()
+
+    await _serve(MATRIX_NOTIFY.lstrip("/"), scope, send, work, _matrix_error)
 
 
 ROUTES[MATRIX_NOTIFY] = _matrix_notify
