@@ -131,13 +131,29 @@ class _DeviceCache:
     an expiry (a dead token), which publishes the realm; a re-registration cannot, since a
     row's token_id is computed from its token, and a token belongs to one app. A realm's
     entries go when the realm is named in a change, and every entry ages out as servers do.
+
+    A realm that keeps missing is loaded whole (`should_load`): a notify names one or a few
+    of a realm's devices, and each is rarely named twice within the entries' lifetime, so
+    entry by entry nearly every notify of a busy realm paid a PostgreSQL round trip (its
+    largest single cost at one device per request). A realm of up to LOAD_MAX_DEVICES costs
+    one query per lifetime instead; a larger one goes on device by device.
     """
 
     MAX_ENTRIES = 200_000
+    # Misses in a realm after which it is loaded whole: about the cost of the load itself
+    # (a row of a load costs a small fraction of a round trip).
+    LOAD_AFTER_MISSES = 16
+    LOAD_MAX_DEVICES = 5_000
 
     def __init__(self) -> None:
         self._by_realm: dict[uuid.UUID, dict[tuple[str, int], tuple[float, DeviceRow]]] = {}
         self._size = 0
+        self._misses: dict[uuid.UUID, int] = {}
+        # Realms being loaded now, and those too large to load, until when.
+        self._loading: set[uuid.UUID] = set()
+        self._too_large: dict[uuid.UUID, float] = {}
+        # Counts forgets: rows read before one may be stale, and are not kept (`put`).
+        self.epoch = 0
 
     def get(self, realm: uuid.UUID, key: tuple[str, int]) -> DeviceRow | None:
         entries = self._by_realm.get(realm)
@@ -146,8 +162,38 @@ class _DeviceCache:
             return None
         return entry[1]
 
-    def put(self, realm: uuid.UUID, rows: list[DeviceRow]) -> None:
-        if self._size > self.MAX_ENTRIES:
+    def should_load(self, realm: uuid.UUID, misses: int) -> bool:
+        """Count a lookup's misses; True once the realm is worth loading whole. The caller
+        then loads it and calls `loaded` (or `too_large`), whatever the outcome."""
+        count = self._misses[realm] = self._misses.get(realm, 0) + misses
+        if count < self.LOAD_AFTER_MISSES or realm in self._loading:
+            return False
+        until = self._too_large.get(realm)
+        if until is not None:
+            if time.monotonic() < until:
+                return False
+            del self._too_large[realm]
+        self._loading.add(realm)
+        return True
+
+    def loaded(self, realm: uuid.UUID, rows: list[DeviceRow] | None, epoch: int) -> None:
+        """A load's end: its rows read in `epoch`, or None if it failed (tried again after
+        more misses)."""
+        self._loading.discard(realm)
+        self._misses.pop(realm, None)
+        if rows is not None:
+            self.put(realm, rows, epoch)
+
+    def too_large(self, realm: uuid.UUID) -> None:
+        self._loading.discard(realm)
+        self._misses.pop(realm, None)
+        self._too_large[realm] = time.monotonic() + _max_age()
+
+    def put(self, realm: uuid.UUID, rows: list[DeviceRow], epoch: int) -> None:
+        """Keep rows read while `epoch` was current; none if something was forgotten since."""
+        if epoch != self.epoch:
+            return
+        if self._size + 2 * len(rows) > self.MAX_ENTRIES:
             self.clear()
         entries = self._by_realm.setdefault(realm, {})
         before = len(entries)
@@ -157,13 +203,19 @@ class _DeviceCache:
         self._size += len(entries) - before
 
     def forget(self, realm: uuid.UUID) -> None:
+        self.epoch += 1
         entries = self._by_realm.pop(realm, None)
         if entries is not None:
             self._size -= len(entries)
+        self._misses.pop(realm, None)
+        self._too_large.pop(realm, None)
 
     def clear(self) -> None:
+        self.epoch += 1
         self._by_realm.clear()
         self._size = 0
+        self._misses.clear()
+        self._too_large.clear()
 
 
 _servers: _Cache[uuid.UUID, ServerInfo] = _Cache()

@@ -43,34 +43,76 @@ def active_devices_condition(
     )
 
 
+_COLUMNS = "device_id, token_id, token, token_kind, ios_app_id"
+
+
 async def _active_devices(
     *, realm: RealmInfo, token_ids: set[int], device_ids: set[int]
 ) -> list[DeviceRow]:
     """(device_id, token_id, token, token_kind, ios_app_id) of the named, unexpired devices:
     from this process's cache, and from PostgreSQL for those it does not hold."""
+    cache = lookups.devices
     found: list[DeviceRow] = []
-    unknown: dict[str, set[int]] = {"token_id": set(), "device_id": set()}
-    for kind, values in (("token_id", token_ids), ("device_id", device_ids)):
-        for value in values:
-            row = lookups.devices.get(realm.uuid, (kind, value))
-            if row is None:
-                unknown[kind].add(value)
-            else:
-                found.append(row)
-    query = active_devices_condition(
-        realm_id=realm.id, token_ids=unknown["token_id"], device_ids=unknown["device_id"]
-    )
-    if query is None:
+    unknown_tokens: set[int] = set()
+    unknown_devices: set[int] = set()
+    for value in token_ids:
+        row = cache.get(realm.uuid, ("token_id", value))
+        if row is None:
+            unknown_tokens.add(value)
+        else:
+            found.append(row)
+    for value in device_ids:
+        row = cache.get(realm.uuid, ("device_id", value))
+        if row is None:
+            unknown_devices.add(value)
+        else:
+            found.append(row)
+    misses = len(unknown_tokens) + len(unknown_devices)
+    if not misses:
         return found
-    condition, params = query
-    rows = await database().fetch(
-        f"SELECT device_id, token_id, token, token_kind, ios_app_id FROM {_DEVICE_TABLE} "  # noqa: S608 - names from the model
-        f"WHERE {condition}",
-        params,
+    epoch = cache.epoch
+    if cache.should_load(realm.uuid, misses):
+        rows = await _load_realm(realm, epoch)
+        if rows is not None:
+            return found + [
+                row for row in rows if row[1] in unknown_tokens or row[0] in unknown_devices
+            ]
+    query = active_devices_condition(
+        realm_id=realm.id, token_ids=unknown_tokens, device_ids=unknown_devices
     )
-    devices = cast(list[DeviceRow], rows)
-    lookups.devices.put(realm.uuid, devices)
-    return found + devices
+    assert query is not None
+    condition, params = query
+    rows = cast(
+        list[DeviceRow],
+        await database().fetch(
+            f"SELECT {_COLUMNS} FROM {_DEVICE_TABLE} WHERE {condition}",  # noqa: S608 - names from the model
+            params,
+        ),
+    )
+    cache.put(realm.uuid, rows, epoch)
+    return found + rows
+
+
+async def _load_realm(realm: RealmInfo, epoch: int) -> list[DeviceRow] | None:
+    """All the realm's unexpired devices into the cache, or None if it has too many."""
+    limit = lookups.devices.LOAD_MAX_DEVICES
+    rows: list[DeviceRow] | None = None
+    try:
+        rows = cast(
+            list[DeviceRow],
+            await database().fetch(
+                f"SELECT {_COLUMNS} FROM {_DEVICE_TABLE} "  # noqa: S608 - names from the model
+                "WHERE remote_realm_id = %s AND expired_time IS NULL LIMIT %s",
+                [realm.id, limit + 1],
+            ),
+        )
+    finally:
+        if rows is not None and len(rows) > limit:
+            lookups.devices.too_large(realm.uuid)
+            rows = None
+        else:
+            lookups.devices.loaded(realm.uuid, rows, epoch)
+    return rows
 
 
 async def notify(*, server: ServerInfo, params: E2EENotifyParams) -> dict[str, Any]:

@@ -90,9 +90,10 @@ def hit(subject: str, *, limit: tuple[int, int] | None = None) -> Verdict:
 
 
 # The event loop's counts go to Redis in one pipeline this often: a round trip per request
-# was a tenth of a one-device notify's CPU. Every process still shares the count, up to what
-# the others counted in the last SYNC_SECONDS.
-SYNC_SECONDS = 0.1
+# was a tenth of a one-device notify's CPU, and a flush every 0.1 s still a few percent. Every
+# process still shares the count, up to what the others counted in the last SYNC_SECONDS,
+# which against limits counted per minute is a rounding error.
+SYNC_SECONDS = 0.25
 
 
 class _BatchedCounts:
@@ -101,35 +102,42 @@ class _BatchedCounts:
     def __init__(self, url: str) -> None:
         self.client = redis.asyncio.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
         self.pending: dict[str, int] = {}
-        self.expires: dict[str, int] = {}
+        self.lifetimes: dict[str, int] = {}  # seconds each key outlives its window's start
+        # Keys whose lifetime the next flush sets: new to this process, or found created by
+        # its last flush (Redis lost them meanwhile). Set once, not with every increment.
+        self.unexpiring: set[str] = set()
         self.known: dict[str, tuple[int, float]] = {}  # key -> (Redis's count, window end)
         self.task: asyncio.Task[None] | None = None
         self.last_warning = 0.0
 
     def hit(self, key: str, *, seconds: int, window_end: float) -> int:
         self.pending[key] = self.pending.get(key, 0) + 1
-        self.expires[key] = seconds + 1
         if key not in self.known:
             self.known[key] = (0, window_end)
+            self.lifetimes[key] = seconds + 1
+            self.unexpiring.add(key)
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(self._run())
         return self.known[key][0] + self.pending[key]
 
     async def _run(self) -> None:
-        while self.pending:
+        while self.pending or self.unexpiring:
             await asyncio.sleep(SYNC_SECONDS)
             await self.flush()
 
     async def flush(self) -> None:
         items, self.pending = list(self.pending.items()), {}
+        expiring, self.unexpiring = self.unexpiring, set()
         pipe = self.client.pipeline(transaction=False)
         for key, count in items:
             pipe.incrby(key, count)
-            pipe.expire(key, self.expires.pop(key, 61))
+        for key in expiring:
+            pipe.expire(key, self.lifetimes.get(key, 61))
         try:
             results = await pipe.execute()
         except (redis.RedisError, OSError) as e:
             # Fails open, as the synchronous path does: the counts of this moment are lost.
+            self.unexpiring |= expiring
             now = time.monotonic()
             if now - self.last_warning > 60:
                 self.last_warning = now
@@ -137,9 +145,12 @@ class _BatchedCounts:
             return
         now = time.time()
         self.known = {k: v for k, v in self.known.items() if v[1] > now}
-        for (key, _), total in zip(items, results[::2], strict=True):
+        self.lifetimes = {k: v for k, v in self.lifetimes.items() if k in self.known}
+        for (key, count), total in zip(items, results[: len(items)], strict=True):
             if key in self.known:
                 self.known[key] = (int(total), self.known[key][1])
+                if int(total) == count and key not in expiring:
+                    self.unexpiring.add(key)  # this flush created it: it needs a lifetime
 
 
 _batched: dict[tuple[str, int], _BatchedCounts] = {}

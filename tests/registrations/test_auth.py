@@ -195,6 +195,27 @@ def test_the_notify_paths_counts_reach_redis_and_others_counts_reach_it(
     assert 429 in [notify().status_code, notify().status_code]
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_notify_paths_counters_expire_even_after_redis_lost_them(
+    settings: Settings, zulip_server: ZulipServer
+) -> None:
+    settings.BOUNCER_RATE_LIMIT = (1000, 60)
+    client = redis.Redis.from_url(django_settings.REDIS_URL)
+    notify = _empty_notify(zulip_server)
+    pattern = f"bouncer:ratelimit:server:{zulip_server.row.pk}:*"
+
+    def counted_with_a_lifetime() -> bool:
+        keys = client.keys(pattern)
+        return bool(keys) and all(0 < int(client.ttl(key)) <= 61 for key in keys)
+
+    assert notify().status_code == 200
+    assert wait_until(counted_with_a_lifetime, 5)
+    # Redis restarted empty: the next count recreates the key, which must not live forever.
+    client.delete(*client.keys(pattern))
+    assert notify().status_code == 200
+    assert wait_until(counted_with_a_lifetime, 5)
+
+
 def test_failed_authentications_are_limited_per_source_address(
     zulip_server: ZulipServer, settings: Settings
 ) -> None:
