@@ -808,6 +808,20 @@ def cpu_ms_per_notification(p: Point, groups: list[str]) -> float:
     return sum(p.cpu.get(group, 0.0) for group in groups) / delivered * 1000
 
 
+def progress_text(name: str, point: Point, groups: list[str]) -> str:
+    """A side's point as the peer mode prints it while running: rate, p99, CPU (and by group
+    for the bouncer: which of its processes a change moved)."""
+    cpu = f"{cpu_ms_per_notification(point, groups):.2f} ms CPU/notif"
+    if len(groups) > 1:
+        cpu += " = " + " + ".join(
+            f"{cpu_ms_per_notification(point, [group]):.2f} {group}" for group in groups
+        )
+    return (
+        f"{name} {point.delivered_per_second:,.0f}/s p99 {point.p99_ms:,.0f} ms ({cpu}, "
+        f"errors {fmt_errors(point.errors)}, machine {point.machine_busy:.0%} busy)"
+    )
+
+
 def start_peer(s: Stack, args: argparse.Namespace) -> str | None:
     """The peer's base URL once it answers, or None (and why, printed) when it cannot run:
     the rest of the benchmark never needs it."""
@@ -965,12 +979,7 @@ def run_peer(args: argparse.Namespace, out: list[str]) -> None:
                     print(
                         f"run {run + 1}/{args.runs}, {devices} x {concurrency}: "
                         + "; ".join(
-                            f"{name} {point.delivered_per_second:,.0f}/s "
-                            f"p99 {point.p99_ms:,.0f} ms "
-                            f"({cpu_ms_per_notification(point, groups):.2f} ms CPU/notif, "
-                            f"errors {fmt_errors(point.errors)}, "
-                            f"machine {point.machine_busy:.0%} busy)"
-                            for name, point, groups in progress
+                            progress_text(name, point, groups) for name, point, groups in progress
                         ),
                         flush=True,
                     )
@@ -1026,6 +1035,18 @@ def _answered_200(done: int, errors: Counter[str]) -> int:
     return done - sum(n for label, n in errors.items() if label[:1].isdigit())
 
 
+def _drive_quiet(
+    s: Stack,
+    quiet: Iterator[Request],
+    cpus: set[int] | None,
+    seconds: float,
+    results: "multiprocessing.Queue[Any]",
+) -> None:
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)
+    _drive_share(s, quiet, 0, 1, None, QUIET_RATE, seconds, True, results)
+
+
 def neighbours_phase(
     s: Stack,
     label: str,
@@ -1034,6 +1055,7 @@ def neighbours_phase(
     flood_concurrency: int,
     seconds: float,
     groups: dict[str, list[str]],
+    quiet_cpus: set[int] | None = None,
 ) -> Phase:
     """The quiet server's open loop in a process of its own (its send times do not wait on
     the flood's client), beside the flood's closed loop when there is one."""
@@ -1043,8 +1065,8 @@ def neighbours_phase(
     context = multiprocessing.get_context("fork")
     results: multiprocessing.Queue[Any] = context.Queue()
     child = context.Process(
-        target=_drive_share,
-        args=(s, quiet, 0, 1, None, QUIET_RATE, seconds, True, results),
+        target=_drive_quiet,
+        args=(s, quiet, quiet_cpus, seconds, results),
     )
     child.start()
     flood_result: tuple[int, list[float], Counter[str], float] = (0, [], Counter(), seconds)
@@ -1116,6 +1138,28 @@ NEIGHBOURS_HEADER = (
 )
 
 
+SERVER_ROLES = ["web", "worker", "postgres", "redis", "sygnal"]
+
+
+def cpu_halves() -> tuple[set[int], set[int]]:
+    """--pin: (the servers' CPUs, everything else's)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("--pin needs at least two CPUs")
+    return {cpus[0]}, set(cpus[1:])
+
+
+def pin_servers(s: Stack, cpus: set[int]) -> None:
+    """Every thread of the servers' processes onto `cpus` (what they start later inherits
+    it: PostgreSQL's backends, the web processes' threads)."""
+    for role in SERVER_ROLES:
+        for pid in s._pids(role):
+            with contextlib.suppress(OSError):
+                for task in Path(f"/proc/{pid}/task").iterdir():
+                    with contextlib.suppress(OSError):
+                        os.sched_setaffinity(int(task.name), cpus)
+
+
 def run_neighbours(args: argparse.Namespace, out: list[str]) -> None:
     """One quiet server (5 one-device APNs notifies a second, open loop) alone, then beside
     three servers flooding (closed loop, 5-device requests) at each --neighbours-flood; the
@@ -1133,6 +1177,14 @@ def run_neighbours(args: argparse.Namespace, out: list[str]) -> None:
         "Redis, or Sygnal's process; machine busy: the whole host, other users included. "
         f"`manage.py serve --workers {args.web_workers}`.\n"
     )
+    if args.pin:
+        server_cpus, other_cpus = cpu_halves()
+        out.append(
+            f"Pinned (`--pin`): the servers and the quiet client on CPU {sorted(server_cpus)}, "
+            f"the flood's clients and the fakes on CPUs {sorted(other_cpus)}.\n"
+        )
+        # Inherited by everything the run starts; the servers are moved once started.
+        os.sched_setaffinity(0, other_cpus)
     phases = [("alone", 0)] + [(f"flood at {c} in flight", c) for c in args.neighbours_flood]
     with stack_for(args) as s:
         setup_django(s)
@@ -1162,13 +1214,22 @@ def run_neighbours(args: argparse.Namespace, out: list[str]) -> None:
                         ["Sygnal"],
                     )
                 )
+        if args.pin:
+            pin_servers(s, server_cpus)
         out.append(NEIGHBOURS_HEADER)
         print("\n".join(out), flush=True)
         for side, quiet, flood, server_groups in sides:
             measure(s, "warm-up", flood, concurrency=4, seconds=2)
             for label, concurrency in phases:
                 phase = neighbours_phase(
-                    s, label, quiet, flood, concurrency, args.neighbours_seconds, PEER_GROUPS
+                    s,
+                    label,
+                    quiet,
+                    flood,
+                    concurrency,
+                    args.neighbours_seconds,
+                    PEER_GROUPS,
+                    quiet_cpus=server_cpus if args.pin else None,
                 )
                 out.append(neighbours_row(side, phase, server_groups))
                 print(out[-1], flush=True)
@@ -1252,6 +1313,12 @@ def main() -> None:
         nargs="+",
         default=[64, 256],
         help="the flood's requests in flight, one phase each",
+    )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="--neighbours: the servers (and the quiet client) on the first CPU, the flood's "
+        "clients and the fakes on the others, as if they ran on machines of their own",
     )
     parser.add_argument("--no-report", action="store_true", help="print only")
     args = parser.parse_args()
