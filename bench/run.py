@@ -1039,11 +1039,14 @@ def _drive_quiet(
     s: Stack,
     quiet: Iterator[Request],
     cpus: set[int] | None,
+    nice: int,
     seconds: float,
     results: "multiprocessing.Queue[Any]",
 ) -> None:
     if cpus is not None:
         os.sched_setaffinity(0, cpus)
+    if nice:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
     _drive_share(s, quiet, 0, 1, None, QUIET_RATE, seconds, True, results)
 
 
@@ -1056,6 +1059,7 @@ def neighbours_phase(
     seconds: float,
     groups: dict[str, list[str]],
     quiet_cpus: set[int] | None = None,
+    quiet_nice: int = 0,
 ) -> Phase:
     """The quiet server's open loop in a process of its own (its send times do not wait on
     the flood's client), beside the flood's closed loop when there is one."""
@@ -1066,7 +1070,7 @@ def neighbours_phase(
     results: multiprocessing.Queue[Any] = context.Queue()
     child = context.Process(
         target=_drive_quiet,
-        args=(s, quiet, quiet_cpus, seconds, results),
+        args=(s, quiet, quiet_cpus, quiet_nice, seconds, results),
     )
     child.start()
     flood_result: tuple[int, list[float], Counter[str], float] = (0, [], Counter(), seconds)
@@ -1160,6 +1164,20 @@ def pin_servers(s: Stack, cpus: set[int]) -> None:
                         os.sched_setaffinity(int(task.name), cpus)
 
 
+FAKE_ROLES = ["apns", "fcm"]
+FIRST_NICE = -10
+
+
+def renice(s: Stack, roles: list[str], nice: int) -> None:
+    """Every thread of these roles' processes at this priority (nice is per thread)."""
+    for role in roles:
+        for pid in s._pids(role):
+            with contextlib.suppress(OSError):
+                for task in Path(f"/proc/{pid}/task").iterdir():
+                    with contextlib.suppress(OSError):
+                        os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
+
+
 def run_neighbours(args: argparse.Namespace, out: list[str]) -> None:
     """One quiet server (5 one-device APNs notifies a second, open loop) alone, then beside
     three servers flooding (closed loop, 5-device requests) at each --neighbours-flood; the
@@ -1216,6 +1234,12 @@ def run_neighbours(args: argparse.Namespace, out: list[str]) -> None:
                 )
         if args.pin:
             pin_servers(s, server_cpus)
+        if args.fakes_first:
+            renice(s, FAKE_ROLES, FIRST_NICE)
+            out.append(
+                f"Fakes first (`--fakes-first`): the fakes and the quiet client at nice "
+                f"{FIRST_NICE}, the servers and the flood's clients at 0.\n"
+            )
         out.append(NEIGHBOURS_HEADER)
         print("\n".join(out), flush=True)
         for side, quiet, flood, server_groups in sides:
@@ -1230,6 +1254,7 @@ def run_neighbours(args: argparse.Namespace, out: list[str]) -> None:
                     args.neighbours_seconds,
                     PEER_GROUPS,
                     quiet_cpus=server_cpus if args.pin else None,
+                    quiet_nice=FIRST_NICE if args.fakes_first else 0,
                 )
                 out.append(neighbours_row(side, phase, server_groups))
                 print(out[-1], flush=True)
@@ -1313,6 +1338,13 @@ def main() -> None:
         nargs="+",
         default=[64, 256],
         help="the flood's requests in flight, one phase each",
+    )
+    parser.add_argument(
+        "--fakes-first",
+        action="store_true",
+        help="--neighbours: the fakes and the quiet client at a higher priority (nice -10) "
+        "than the servers and the flood's clients, so that APNs answers and the quiet "
+        "server's clock are on time however busy the machine is",
     )
     parser.add_argument(
         "--pin",

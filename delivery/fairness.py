@@ -6,9 +6,11 @@ of one, where holding slots already counts as having been served):
 
 - `RequestGate` decides when a request is worked on. It lets a bounded number of requests be
   in progress at once, and adapts that bound to the CPU (`adapt`): it shrinks while the event
-  loop falls behind and grows back while requests wait and the loop keeps up. A request
-  beyond the bound waits for its tenant's turn, so a quiet tenant's request is next whatever
-  another tenant has queued; a tenant alone may use the whole process. A request that would
+  loop falls behind and grows back while requests wait and the loop keeps up. A tenant's
+  only request is admitted at once, beyond the bound if need be (up to `overdraft` slots);
+  a request beyond the bound otherwise waits for its tenant's turn, so a quiet tenant's
+  request is next whatever another tenant has queued; a tenant alone may use the whole
+  process. A request that would
   wait too long (its tenant already has `max_waiting_per_tenant` waiting, or it waited
   `max_wait` seconds) is refused: the caller answers 503 with Retry-After, which Zulip servers
   retry. So a flood is slowed and then shed, and never makes the others wait behind it.
@@ -47,6 +49,11 @@ class FairGate:
     def waiting_for(self, tenant: str) -> int:
         queue = self._waiting.get(tenant)
         return len(queue) if queue else 0
+
+    def overdraw(self, tenant: str) -> None:
+        """A slot beyond the bound, now; it goes when released (in_use above capacity)."""
+        self.in_use += 1
+        self._took_turn(tenant)
 
     def try_acquire(self, tenant: str) -> bool:
         """A slot now if one is free and nobody waits for it."""
@@ -134,6 +141,7 @@ class RequestGate:
         lag_target: float,
         isolation_lag_target: float | None = None,
         isolation_minimum: int | None = None,
+        overdraft: int | None = None,
     ) -> None:
         self.minimum = minimum
         self.maximum = maximum
@@ -144,6 +152,8 @@ class RequestGate:
             lag_target if isolation_lag_target is None else isolation_lag_target
         )
         self.isolation_minimum = minimum if isolation_minimum is None else isolation_minimum
+        # Slots beyond the bound for tenants with no other request in progress or waiting.
+        self.overdraft = self.isolation_minimum if overdraft is None else overdraft
         self.gate = FairGate(maximum)
         self.lag = 0.0
         self._load: dict[str, int] = {}  # requests in progress or waiting, by tenant
@@ -170,6 +180,13 @@ class RequestGate:
             self._total_peak = self._total
         gate = self.gate
         if gate.try_acquire(tenant):
+            return True
+        if load == 1 and gate.in_use - gate.capacity < self.overdraft:
+            # The tenant's only request: it waits behind nobody, even when the others fill
+            # the bound. Waiting for a slot to free is waiting for one of their requests to
+            # end (an upstream's round trip): the quiet tenant's latency doubled under a
+            # flood. Bounded, so that many tenants at once still queue.
+            gate.overdraw(tenant)
             return True
         if gate.waiting_for(tenant) >= self.max_waiting_per_tenant:
             self._unload(tenant)

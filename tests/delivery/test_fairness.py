@@ -84,9 +84,38 @@ def test_a_request_that_waited_too_long_is_refused() -> None:
     async def run() -> bool:
         gate = request_gate(maximum=1, max_wait=0.05)
         await gate.enter("slow")
-        return await gate.enter("other")
+        return await gate.enter("slow")
 
     assert asyncio.run(run()) is False
+
+
+def test_a_tenants_only_request_is_admitted_at_once_beyond_the_bound() -> None:
+    async def run() -> None:
+        gate = request_gate(maximum=1, overdraft=2)
+        assert await gate.enter("flood")
+        flood = [asyncio.create_task(gate.enter("flood")) for _ in range(5)]
+        await asyncio.sleep(0)
+        # Each quiet tenant's only request goes in, past the flood's queue and the bound...
+        assert await gate.enter("quiet")
+        assert await gate.enter("other quiet")
+        assert gate.in_progress == 3
+        # ...up to the overdraft; a third such tenant, and a quiet tenant's second request,
+        # wait their turn.
+        third = asyncio.create_task(gate.enter("third quiet"))
+        second = asyncio.create_task(gate.enter("quiet"))
+        await asyncio.sleep(0)
+        assert not third.done()
+        assert not second.done()
+        # Overdrawn slots go as they are released: three leave, and only then is there room.
+        for tenant in ("quiet", "other quiet", "flood"):
+            gate.leave(tenant)
+        await asyncio.sleep(0)
+        assert sum(task.done() for task in [third, second, *flood]) == 1
+        assert gate.in_progress == 1
+        for task in [third, second, *flood]:
+            task.cancel()
+
+    asyncio.run(run())
 
 
 def test_the_bound_shrinks_while_the_loop_lags_and_grows_back_while_requests_wait() -> None:
@@ -240,11 +269,11 @@ def test_a_flooding_servers_backlog_waits_behind_a_quiet_servers_notify_and_its_
             while gate.gate.waiting_for(str(zulip_server.row.pk)) < 1:
                 await asyncio.sleep(0.01)
             third = await send(zulip_server, realm, backlog)
-            # The quiet server's notify, sent last, is served before the flood's backlog.
-            served = send(quiet, quiet_realm, quiet_token)
-            while gate.gate.waiting_for(str(quiet.row.pk)) < 1:
-                await asyncio.sleep(0.01)
-            return await first, await second, third, await served
+            # The quiet server's notify, sent last, is its only one: in at once, beyond the
+            # bound, and answered while the flood's backlog still waits.
+            served = await send(quiet, quiet_realm, quiet_token)
+            assert not second.done()
+            return await first, await second, third, served
 
         first, second, third, served = asyncio.run(scenario())
         assert third.status_code == 503

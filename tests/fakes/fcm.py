@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import jwt
+import uvloop
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -226,7 +227,9 @@ def main() -> None:
     args = parser.parse_args()
     lo, hi = (float(x) for x in args.latency_ms.split("-"))
     account = ServiceAccount.generate()
-    fake = FakeFcm(account=account, latency_ms=(lo, hi)).start(args.port)
+    fake = FakeFcm(account=account, latency_ms=(lo, hi))
+    fake.loop_factory = uvloop.new_event_loop
+    fake.start(args.port)
     Path(args.service_account_file).write_text(account.file_content(fake.token_uri))
     while True:
         time.sleep(0.2)
