@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1046,7 +1046,8 @@ def _drive_quiet(
     if cpus is not None:
         os.sched_setaffinity(0, cpus)
     if nice:
-        os.setpriority(os.PRIO_PROCESS, 0, nice)
+        with contextlib.suppress(OSError):  # not allowed: the figures say so (the note)
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
     _drive_share(s, quiet, 0, 1, None, QUIET_RATE, seconds, True, results)
 
 
@@ -1101,37 +1102,47 @@ def neighbours_phase(
     )
 
 
-def neighbours_row(side: str, p: Phase, server_groups: list[str]) -> str:
-    q = p.quiet_latencies
+def neighbours_row(side: str, phases: list[Phase], server_groups: list[str]) -> str:
+    """One phase of one side: each figure the median over the runs, counts summed."""
+
+    def median(figure: Callable[[Phase], float]) -> float:
+        return statistics.median(figure(p) for p in phases)
+
+    def cpu_per_notification(p: Phase) -> float:
+        server_cpu = sum(p.cpu.get(group, 0.0) for group in server_groups)
+        return server_cpu * 1000 / p.delivered if p.delivered else float("nan")
+
+    quiet_errors = sum((p.quiet_errors for p in phases), Counter[str]())
+    flood_errors = sum((p.flood_errors for p in phases), Counter[str]())
     quiet = (
-        f"{percentile(q, 50) * 1000:,.0f} | {percentile(q, 99) * 1000:,.0f} | "
-        f"{max(q) * 1000 if q else float('nan'):,.0f} | {fmt_errors(p.quiet_errors)} "
-        f"(of {p.quiet_sent})"
+        f"{median(lambda p: percentile(p.quiet_latencies, 50)) * 1000:,.0f} | "
+        f"{median(lambda p: percentile(p.quiet_latencies, 99)) * 1000:,.0f} | "
+        f"{median(lambda p: max(p.quiet_latencies, default=float('nan'))) * 1000:,.0f} | "
+        f"{fmt_errors(quiet_errors)} (of {sum(p.quiet_sent for p in phases)})"
     )
-    server_cpu = sum(p.cpu.get(group, 0.0) for group in server_groups)
-    per = 1000 / p.delivered if p.delivered else float("nan")
     # The machine as a share, not per notification: at 5 notifications a second, whatever
     # else runs on the host would dominate a per-notification figure.
-    cpu = f"{server_cpu * per:.2f} | {p.cpu['machine'] / p.cpu['capacity']:.0%}"
-    if not p.flood_done and not p.flood_errors:
-        return f"| {side} | {p.label} | {quiet} | - | - | - | - | {cpu} |"
-    unavailable = sum(n for label, n in p.flood_errors.items() if label.startswith("503"))
+    cpu = (
+        f"{median(cpu_per_notification):.2f} | "
+        f"{median(lambda p: p.cpu['machine'] / p.cpu['capacity']):.0%}"
+    )
+    label = phases[0].label
+    if not any(p.flood_done or p.flood_errors for p in phases):
+        return f"| {side} | {label} | {quiet} | - | - | - | - | {cpu} |"
+    unavailable = sum(n for error, n in flood_errors.items() if error.startswith("503"))
     with_retry_after = sum(
-        n
-        for label, n in p.flood_errors.items()
-        if label.startswith("503") and "Retry-After" in label
+        n for error, n in flood_errors.items() if error.startswith("503") and "Retry-After" in error
     )
     flood = (
-        f"{p.flood_done / p.flood_seconds:,.0f} | {p.flood_delivered / p.flood_seconds:,.0f} | "
-        f"{percentile(p.flood_latencies, 99) * 1000:,.0f} | "
+        f"{median(lambda p: p.flood_done / p.flood_seconds):,.0f} | "
+        f"{median(lambda p: p.flood_delivered / p.flood_seconds):,.0f} | "
+        f"{median(lambda p: percentile(p.flood_latencies, 99)) * 1000:,.0f} | "
         f"{unavailable} ({with_retry_after} with Retry-After)"
     )
-    other = Counter(
-        {label: n for label, n in p.flood_errors.items() if not label.startswith("503")}
-    )
+    other = Counter({error: n for error, n in flood_errors.items() if not error.startswith("503")})
     if other:
         flood += f"; other errors: {fmt_errors(other)}"
-    return f"| {side} | {p.label} | {quiet} | {flood} | {cpu} |"
+    return f"| {side} | {label} | {quiet} | {flood} | {cpu} |"
 
 
 NEIGHBOURS_HEADER = (
@@ -1240,24 +1251,38 @@ def run_neighbours(args: argparse.Namespace, out: list[str]) -> None:
                 f"Fakes first (`--fakes-first`): the fakes and the quiet client at nice "
                 f"{FIRST_NICE}, the servers and the flood's clients at 0.\n"
             )
-        out.append(NEIGHBOURS_HEADER)
         print("\n".join(out), flush=True)
-        for side, quiet, flood, server_groups in sides:
-            measure(s, "warm-up", flood, concurrency=4, seconds=2)
-            for label, concurrency in phases:
-                phase = neighbours_phase(
-                    s,
-                    label,
-                    quiet,
-                    flood,
-                    concurrency,
-                    args.neighbours_seconds,
-                    PEER_GROUPS,
-                    quiet_cpus=server_cpus if args.pin else None,
-                    quiet_nice=FIRST_NICE if args.fakes_first else 0,
-                )
-                out.append(neighbours_row(side, phase, server_groups))
-                print(out[-1], flush=True)
+        measured: dict[tuple[str, str], list[Phase]] = {}
+        for run in range(args.runs):
+            for side, quiet, flood, server_groups in sides:
+                measure(s, "warm-up", flood, concurrency=4, seconds=2)
+                for label, concurrency in phases:
+                    phase = neighbours_phase(
+                        s,
+                        label,
+                        quiet,
+                        flood,
+                        concurrency,
+                        args.neighbours_seconds,
+                        PEER_GROUPS,
+                        quiet_cpus=server_cpus if args.pin else None,
+                        quiet_nice=FIRST_NICE if args.fakes_first else 0,
+                    )
+                    measured.setdefault((side, label), []).append(phase)
+                    print(
+                        f"run {run + 1}/{args.runs}: "
+                        + neighbours_row(side, [phase], server_groups),
+                        flush=True,
+                    )
+        out.append(f"Medians of {args.runs} run(s) (`--runs`), errors and 503s summed over them.\n")
+        out.append(NEIGHBOURS_HEADER)
+        groups_of = {side: server_groups for side, _, _, server_groups in sides}
+        table = [
+            neighbours_row(side, phases_run, groups_of[side])
+            for (side, _), phases_run in measured.items()
+        ]
+        out += table
+        print("\n".join([out[-len(table) - 2], NEIGHBOURS_HEADER, *table]), flush=True)
 
 
 def main() -> None:
@@ -1313,7 +1338,9 @@ def main() -> None:
         choices=["sygnal"],
         help="also start this peer and drive the same APNs shapes against it, side by side",
     )
-    parser.add_argument("--runs", type=int, default=1, help="--peer: medians of this many runs")
+    parser.add_argument(
+        "--runs", type=int, default=1, help="--peer, --neighbours: medians of this many runs"
+    )
     parser.add_argument(
         "--peer-concurrency", type=int, nargs="+", default=[16, 64, 128, 256], help="--peer"
     )
