@@ -903,6 +903,12 @@ def run_peer(args: argparse.Namespace, out: list[str]) -> None:
         if url is None:
             out.append("Sygnal unavailable here: peer comparison skipped.")
             return
+        if args.fakes_first:
+            renice(s, FAKE_ROLES, FIRST_NICE)
+            out.append(
+                f"Fakes first (`--fakes-first`): the fakes at nice {FIRST_NICE}, the servers "
+                "and the load generator at 0.\n"
+            )
         tenants = workloads.create_tenants(
             servers=args.servers, e2ee_per_server=600, legacy_users=0
         )
@@ -1369,9 +1375,9 @@ def main() -> None:
     parser.add_argument(
         "--fakes-first",
         action="store_true",
-        help="--neighbours: the fakes and the quiet client at a higher priority (nice -10) "
-        "than the servers and the flood's clients, so that APNs answers and the quiet "
-        "server's clock are on time however busy the machine is",
+        help="--neighbours, --peer: the fakes (and the quiet client) at a higher priority "
+        "(nice -10) than the servers and the load generator, so that APNs answers (and the "
+        "quiet server's clock) are on time however busy the machine is",
     )
     parser.add_argument(
         "--pin",
