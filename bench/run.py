@@ -1170,15 +1170,21 @@ def cpu_halves() -> tuple[set[int], set[int]]:
     return {cpus[0]}, set(cpus[1:])
 
 
-def pin_servers(s: Stack, cpus: set[int]) -> None:
-    """Every thread of the servers' processes onto `cpus` (what they start later inherits
-    it: PostgreSQL's backends, the web processes' threads)."""
-    for role in SERVER_ROLES:
+def _threads(s: Stack, roles: list[str]) -> Iterator[int]:
+    """Every thread of these roles' processes (affinity and nice are per thread)."""
+    for role in roles:
         for pid in s._pids(role):
             with contextlib.suppress(OSError):
                 for task in Path(f"/proc/{pid}/task").iterdir():
-                    with contextlib.suppress(OSError):
-                        os.sched_setaffinity(int(task.name), cpus)
+                    yield int(task.name)
+
+
+def pin_servers(s: Stack, cpus: set[int]) -> None:
+    """The servers' processes onto `cpus` (what they start later inherits it: PostgreSQL's
+    backends, the web processes' threads)."""
+    for thread in _threads(s, SERVER_ROLES):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(thread, cpus)
 
 
 FAKE_ROLES = ["apns", "fcm"]
@@ -1186,13 +1192,9 @@ FIRST_NICE = -10
 
 
 def renice(s: Stack, roles: list[str], nice: int) -> None:
-    """Every thread of these roles' processes at this priority (nice is per thread)."""
-    for role in roles:
-        for pid in s._pids(role):
-            with contextlib.suppress(OSError):
-                for task in Path(f"/proc/{pid}/task").iterdir():
-                    with contextlib.suppress(OSError):
-                        os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
+    for thread in _threads(s, roles):
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, thread, nice)
 
 
 def run_neighbours(args: argparse.Namespace, out: list[str]) -> None:

@@ -53,20 +53,19 @@ async def _active_devices(
     from this process's cache, and from PostgreSQL for those it does not hold."""
     cache = lookups.devices
     found: list[DeviceRow] = []
-    unknown_tokens: set[int] = set()
-    unknown_devices: set[int] = set()
-    for value in token_ids:
-        row = cache.get(realm.uuid, ("token_id", value))
-        if row is None:
-            unknown_tokens.add(value)
-        else:
-            found.append(row)
-    for value in device_ids:
-        row = cache.get(realm.uuid, ("device_id", value))
-        if row is None:
-            unknown_devices.add(value)
-        else:
-            found.append(row)
+
+    def misses_of(kind: str, values: set[int]) -> set[int]:
+        missing: set[int] = set()
+        for value in values:
+            row = cache.get(realm.uuid, (kind, value))
+            if row is None:
+                missing.add(value)
+            else:
+                found.append(row)
+        return missing
+
+    unknown_tokens = misses_of("token_id", token_ids)
+    unknown_devices = misses_of("device_id", device_ids)
     misses = len(unknown_tokens) + len(unknown_devices)
     if not misses:
         return found
