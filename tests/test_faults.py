@@ -23,10 +23,9 @@ from delivery import attemptlog
 from registrations import sealing
 from registrations.models import RemoteRealm
 from tests.conftest import ZulipServer, add_e2ee_devices, e2ee_notify, make_server, wait_until
-from tests.delivery.worker import CeleryWorker
+from tests.delivery.worker import CeleryWorker, own_database_stack
 from tests.fakes.apns import Answer, FakeApns
-from tests.services import PostgresCluster, RedisServer, WebServer, migrate_with_key
-from tests.zulip_client import ZulipServerClient
+from tests.services import RedisServer, WebServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -303,24 +302,9 @@ def test_a_postgresql_restart_under_the_delivery_log_writers_loses_no_row_writte
     """PostgreSQL restarts while the web's and the worker's delivery-log writers hold live
     connections: rows after the restart are written. Rows of deliveries answered while it is
     down are lost, logged with their count by each process; no notification is lost."""
-    database = PostgresCluster()
-    database.start()
-    env = {
-        **os.environ,
-        **worker_env,
-        "DATABASE_URL": database.url,
-        # Room for the web process to open its connections on this busy machine.
-        "NOTIFY_WAIT_SECONDS": "3",
-    }
-    web = WebServer(env=env, log_path=tmp_path / "web.log")
-    worker: CeleryWorker | None = None
-    try:
-        public_key = migrate_with_key(env)
-        web.start()
-        worker = CeleryWorker(env=env, name="pg-writers").start()
-        zulip = ZulipServerClient(web.url)
-        assert zulip.register().status_code == 200
-        assert zulip.upload_analytics().status_code == 200
+    with own_database_stack(worker_env, tmp_path, "pg-writers") as stack:
+        database, web, worker, zulip = stack.database, stack.web, stack.worker, stack.zulip
+        public_key = stack.public_key
         values = tokens(8)
         for token in values:
             assert zulip.register_e2ee(public_key, token).status_code == 200
@@ -379,11 +363,6 @@ def test_a_postgresql_restart_under_the_delivery_log_writers_loses_no_row_writte
         result = tally(fake_apns, values)
         report("PostgreSQL restarted under the delivery-log writers", result)
         assert result == Tally(lost=[], duplicates=0)
-    finally:
-        if worker is not None:
-            worker.stop()
-        web.stop()
-        database.stop()
 
 
 def test_a_retry_batch_that_meets_the_claims_redis_down_runs_again_later(

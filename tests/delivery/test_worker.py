@@ -3,7 +3,6 @@
 These tests commit their rows (transactional db) so the worker, another process, sees them.
 """
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,10 +23,9 @@ from tests.conftest import (
     make_server,
     wait_until,
 )
-from tests.delivery.worker import CeleryWorker
+from tests.delivery.worker import CeleryWorker, own_database_stack
 from tests.fakes.apns import Answer, FakeApns
-from tests.services import PostgresCluster, WebServer, free_port, migrate_with_key, wait_for_port
-from tests.zulip_client import ZulipServerClient
+from tests.services import free_port, wait_for_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -190,26 +188,10 @@ def test_a_database_restart_mid_batch_loses_no_delivery(
 ) -> None:
     """PostgreSQL stops while a batch is with Apple, whose first answer asks for a retry:
     the retry still happens, and the worker's connections recover when PostgreSQL is back."""
-    database = PostgresCluster()
-    database.start()
-    env = {
-        **os.environ,
-        **worker_env,
-        "DATABASE_URL": database.url,
-        # Room for the web process to open its connections on this busy machine.
-        "NOTIFY_WAIT_SECONDS": "3",
-    }
-    web = WebServer(env=env, log_path=tmp_path / "web.log")
-    worker: CeleryWorker | None = None
-    try:
-        public_key = migrate_with_key(env)
-        web.start()
-        worker = CeleryWorker(env=env, name="pg-restart").start()
-        zulip = ZulipServerClient(web.url)
-        assert zulip.register().status_code == 200
-        assert zulip.upload_analytics().status_code == 200
+    with own_database_stack(worker_env, tmp_path, "pg-restart") as stack:
+        database, worker, zulip = stack.database, stack.worker, stack.zulip
         [token] = tokens(1)
-        assert zulip.register_e2ee(public_key, token).status_code == 200
+        assert zulip.register_e2ee(stack.public_key, token).status_code == 200
 
         # The first attempt (the web's) and the first retry (the worker's) both fail.
         unavailable = Answer(503, "ServiceUnavailable")
@@ -235,11 +217,6 @@ def test_a_database_restart_mid_batch_loses_no_delivery(
         # The web logged the first attempt; the worker's first retry's row was lost with the
         # database, and the second retry's is written over a fresh connection.
         assert wait_until(lambda: logged() == [(1, "retry"), (3, "delivered")], 10), worker.log()
-    finally:
-        if worker is not None:
-            worker.stop()
-        web.stop()
-        database.stop()
 
 
 def test_a_worker_only_machine_serves_its_own_metrics(

@@ -5,17 +5,22 @@ test session's PostgreSQL database and Redis broker, with extra environment (the
 upstreams' endpoints and credentials) given by the test.
 """
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from django.db import connection
+
+from tests.services import PostgresCluster, WebServer, migrate_with_key
+from tests.zulip_client import ZulipServerClient
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -85,3 +90,45 @@ class CeleryWorker:
     def kill(self) -> None:
         """SIGKILL: the worker dies mid-batch, acknowledging nothing."""
         self.stop(sig=signal.SIGKILL)
+
+
+@dataclass
+class OwnDatabaseStack:
+    """A web process and a worker on a PostgreSQL of their own (which a test may stop), with
+    a Zulip server registered and its analytics uploaded (so its realm exists)."""
+
+    database: PostgresCluster
+    web: WebServer
+    worker: CeleryWorker
+    zulip: ZulipServerClient
+    public_key: str
+
+
+@contextlib.contextmanager
+def own_database_stack(
+    worker_env: Mapping[str, str], tmp_path: Path, name: str
+) -> Iterator[OwnDatabaseStack]:
+    database = PostgresCluster()
+    database.start()
+    env = {
+        **os.environ,
+        **worker_env,
+        "DATABASE_URL": database.url,
+        # Room for the web process to open its connections on this busy machine.
+        "NOTIFY_WAIT_SECONDS": "3",
+    }
+    web = WebServer(env=env, log_path=tmp_path / "web.log")
+    worker: CeleryWorker | None = None
+    try:
+        public_key = migrate_with_key(env)
+        web.start()
+        worker = CeleryWorker(env=env, name=name).start()
+        zulip = ZulipServerClient(web.url)
+        assert zulip.register().status_code == 200
+        assert zulip.upload_analytics().status_code == 200
+        yield OwnDatabaseStack(database, web, worker, zulip, public_key)
+    finally:
+        if worker is not None:
+            worker.stop()
+        web.stop()
+        database.stop()
