@@ -36,14 +36,29 @@ def environments(
     settings: Settings, apns_settings: dict[str, str], sandbox_apns: FakeApns, tmp_path: Path
 ) -> None:
     """org.zulip.Zulip in production (the settings' key); com.example.dev in the sandbox."""
-    settings.APNS_SANDBOX_ENDPOINT = sandbox_apns.endpoint
+    push_apps(settings, apns_settings, sandbox_apns, tmp_path, "com.example.dev", sandbox=True)
+
+
+def push_apps(
+    settings: Settings,
+    apns_settings: dict[str, str],
+    sandbox_server: FakeApns,
+    tmp_path: Path,
+    app_id: str,
+    /,
+    **options: bool,
+) -> None:
+    """A PUSH_APPS_FILE with one APNs app signed with the settings' key, and the sandbox's
+    endpoint pointed at `sandbox_server`."""
+    settings.APNS_SANDBOX_ENDPOINT = sandbox_server.endpoint
     apps = tmp_path / "push-apps.json"
     entry = {
         "token_key_file": apns_settings["APNS_TOKEN_KEY_FILE"],
         "key_id": apns_settings["APNS_TOKEN_KEY_ID"],
         "team_id": apns_settings["APNS_TEAM_ID"],
+        **options,
     }
-    apps.write_text(json.dumps({"apns": {"com.example.dev": {**entry, "sandbox": True}}}))
+    apps.write_text(json.dumps({"apns": {app_id: entry}}))
     settings.PUSH_APPS_FILE = str(apps)
 
 
@@ -257,16 +272,9 @@ def test_an_e2ee_device_of_a_sandbox_app_is_sent_to_the_sandbox(
 def either_environment(
     settings: Settings, apns_settings: dict[str, str], sandbox_apns: FakeApns, tmp_path: Path
 ) -> None:
-    settings.APNS_SANDBOX_ENDPOINT = sandbox_apns.endpoint
-    apps = tmp_path / "push-apps.json"
-    entry = {
-        "token_key_file": apns_settings["APNS_TOKEN_KEY_FILE"],
-        "key_id": apns_settings["APNS_TOKEN_KEY_ID"],
-        "team_id": apns_settings["APNS_TEAM_ID"],
-        "either_environment": True,
-    }
-    apps.write_text(json.dumps({"apns": {"org.zulip.Zulip": entry}}))
-    settings.PUSH_APPS_FILE = str(apps)
+    push_apps(
+        settings, apns_settings, sandbox_apns, tmp_path, "org.zulip.Zulip", either_environment=True
+    )
 
 
 def send_in_one_sender(rounds: list[list[Delivery]]) -> list[list[SendResult]]:
