@@ -133,9 +133,12 @@ class Supervisor:
         self.worker.stop()
 
 
-def report(name: str, result: Tally) -> None:
-    # In the output with -s or -rA; the figures docs/security.md quotes.
+def assert_delivered_once(fake: FakeApns, expected: list[str], name: str) -> None:
+    """Each token delivered exactly once; the tally printed as `name`'s figure (in the
+    output with -s or -rA; the figures docs/security.md quotes)."""
+    result = tally(fake, expected)
     print(f"\n[fault] {name}: {result}")
+    assert result == Tally(lost=[], duplicates=0)
 
 
 @pytest.fixture
@@ -184,9 +187,9 @@ def test_a_worker_killed_between_a_retry_answer_and_its_scheduling_loses_no_retr
         rescuer = CeleryWorker(env=env, name="rescuer").start()
         assert wait_until(lambda: all_delivered(fake_apns, everyone), 40), rescuer.log()
         assert wait_until(lambda: broker_idle(settings.CELERY_BROKER_URL), 20), rescuer.log()
-        result = tally(fake_apns, everyone)
-        report("worker SIGKILLed between a retry answer and its scheduling", result)
-        assert result == Tally(lost=[], duplicates=0)
+        assert_delivered_once(
+            fake_apns, everyone, "worker SIGKILLed between a retry answer and its scheduling"
+        )
     finally:
         if rescuer is not None:
             rescuer.stop()
@@ -217,9 +220,7 @@ def test_streams_apple_never_answers_end_the_batch_in_time_and_are_retried(
         assert body["apple_successfully_sent_count"] == 0
         assert wait_until(lambda: all_delivered(fake_apns, everyone), 40), worker.log()
         assert wait_until(lambda: broker_idle(settings.CELERY_BROKER_URL), 20), worker.log()
-        result = tally(fake_apns, everyone)
-        report("streams held unanswered past the batch timeout", result)
-        assert result == Tally(lost=[], duplicates=0)
+        assert_delivered_once(fake_apns, everyone, "streams held unanswered past the batch timeout")
         log = worker.log()
         assert "attempt 2: - Timeout" in log, log  # the held ones: cut short, retried
         # The held streams were reset when the batch gave up on them, and the worker's
@@ -280,13 +281,12 @@ def test_a_redis_restart_loses_no_waiting_retry(
             supervisor.log()
         )
         assert wait_until(lambda: supervisor.up() and broker_idle(broker.url), 20), supervisor.log()
-        result = tally(fake_apns, values)
-        report(
+        assert_delivered_once(
+            fake_apns,
+            values,
             f"Redis killed and restarted with retries waiting (worker restarts: "
             f"{supervisor.restarts}, exit codes {supervisor.exit_codes})",
-            result,
         )
-        assert result == Tally(lost=[], duplicates=0)
     finally:
         if supervisor is not None:
             supervisor.stop()
@@ -360,9 +360,9 @@ def test_a_postgresql_restart_under_the_delivery_log_writers_loses_no_row_writte
 
         assert wait_until(lambda: all_delivered(fake_apns, values), 15), worker.log()
         assert wait_until(lambda: broker_idle(settings.CELERY_BROKER_URL), 20), worker.log()
-        result = tally(fake_apns, values)
-        report("PostgreSQL restarted under the delivery-log writers", result)
-        assert result == Tally(lost=[], duplicates=0)
+        assert_delivered_once(
+            fake_apns, values, "PostgreSQL restarted under the delivery-log writers"
+        )
 
 
 def test_a_retry_batch_that_meets_the_claims_redis_down_runs_again_later(
@@ -391,9 +391,7 @@ def test_a_retry_batch_that_meets_the_claims_redis_down_runs_again_later(
         claims.start()
         assert wait_until(lambda: all_delivered(fake_apns, values), 30), worker.log()
         assert wait_until(lambda: broker_idle(settings.CELERY_BROKER_URL), 20), worker.log()
-        result = tally(fake_apns, values)
-        report("the claims' Redis down when retry batches arrive", result)
-        assert result == Tally(lost=[], duplicates=0)
+        assert_delivered_once(fake_apns, values, "the claims' Redis down when retry batches arrive")
     finally:
         worker.stop()
         claims.stop()
