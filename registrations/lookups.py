@@ -164,7 +164,7 @@ class _DeviceCache:
 
     def should_load(self, realm: uuid.UUID, misses: int) -> bool:
         """Count a lookup's misses; True once the realm is worth loading whole. The caller
-        then loads it and calls `loaded` (or `too_large`), whatever the outcome."""
+        then loads it and calls `loaded`, whatever the outcome."""
         count = self._misses[realm] = self._misses.get(realm, 0) + misses
         if count < self.LOAD_AFTER_MISSES or realm in self._loading:
             return False
@@ -176,18 +176,18 @@ class _DeviceCache:
         self._loading.add(realm)
         return True
 
-    def loaded(self, realm: uuid.UUID, rows: list[DeviceRow] | None, epoch: int) -> None:
-        """A load's end: its rows read in `epoch`, or None if it failed (tried again after
-        more misses)."""
+    def loaded(self, realm: uuid.UUID, rows: list[DeviceRow] | None, epoch: int) -> bool:
+        """A load's end: its rows read in `epoch` (up to LOAD_MAX_DEVICES + 1), or None if it
+        failed (tried again after more misses). False when the realm has more devices than
+        LOAD_MAX_DEVICES: nothing is kept, and it goes on device by device for a lifetime."""
         self._loading.discard(realm)
         self._misses.pop(realm, None)
+        if rows is not None and len(rows) > self.LOAD_MAX_DEVICES:
+            self._too_large[realm] = time.monotonic() + _max_age()
+            return False
         if rows is not None:
             self.put(realm, rows, epoch)
-
-    def too_large(self, realm: uuid.UUID) -> None:
-        self._loading.discard(realm)
-        self._misses.pop(realm, None)
-        self._too_large[realm] = time.monotonic() + _max_age()
+        return True
 
     def put(self, realm: uuid.UUID, rows: list[DeviceRow], epoch: int) -> None:
         """Keep rows read while `epoch` was current; none if something was forgotten since."""

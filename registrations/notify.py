@@ -94,7 +94,6 @@ async def _active_devices(
 
 async def _load_realm(realm: RealmInfo, epoch: int) -> list[DeviceRow] | None:
     """All the realm's unexpired devices into the cache, or None if it has too many."""
-    limit = lookups.devices.LOAD_MAX_DEVICES
     rows: list[DeviceRow] | None = None
     try:
         rows = cast(
@@ -102,16 +101,12 @@ async def _load_realm(realm: RealmInfo, epoch: int) -> list[DeviceRow] | None:
             await database().fetch(
                 f"SELECT {_COLUMNS} FROM {_DEVICE_TABLE} "  # noqa: S608 - names from the model
                 "WHERE remote_realm_id = %s AND expired_time IS NULL LIMIT %s",
-                [realm.id, limit + 1],
+                [realm.id, lookups.devices.LOAD_MAX_DEVICES + 1],
             ),
         )
     finally:
-        if rows is not None and len(rows) > limit:
-            lookups.devices.too_large(realm.uuid)
-            rows = None
-        else:
-            lookups.devices.loaded(realm.uuid, rows, epoch)
-    return rows
+        whole = lookups.devices.loaded(realm.uuid, rows, epoch)
+    return rows if whole else None
 
 
 async def notify(*, server: ServerInfo, params: E2EENotifyParams) -> dict[str, Any]:
