@@ -33,7 +33,7 @@ from bouncer.errors import (
 )
 from bouncer.overload import RETRY_AFTER_SECONDS, queued_seconds
 from bouncer.params import Params, parse_form_data, parse_json_bytes, with_ignored
-from delivery.fairness import RequestGate
+from delivery.fairness import RequestGate, SiblingSignal
 from delivery.payloads import E2EENotifyParams, LegacyNotifyParams, TestNotificationParams
 from legacy import notify as legacy_notify
 from matrix import access
@@ -65,6 +65,7 @@ gate = RequestGate(
     lag_target=settings.BOUNCER_LOOP_LAG_TARGET_SECONDS,
     isolation_lag_target=settings.BOUNCER_ISOLATION_LAG_TARGET_SECONDS,
     isolation_minimum=settings.BOUNCER_ISOLATION_MIN_CONCURRENT_REQUESTS,
+    siblings=SiblingSignal.from_environment(),
 )
 
 

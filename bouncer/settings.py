@@ -298,8 +298,11 @@ BOUNCER_MAX_ADMISSION_WAIT_SECONDS = env_float("BOUNCER_MAX_ADMISSION_WAIT_SECON
 BOUNCER_LOOP_LAG_TARGET_SECONDS = env_float("BOUNCER_LOOP_LAG_TARGET_SECONDS", 0.02)
 # While a quiet server (a few notifies at once) shares a web process with a busy one: the
 # stricter lag target and the lower bound that keep the quiet server's latency near its own.
+# Below ~12 notifies at once, a flood's throughput was limited by how many were in progress
+# (8 five-device notifies over a 40 ms APNs round trip), not by the CPU, and fell further
+# as more waited (bench/README.md).
 BOUNCER_ISOLATION_LAG_TARGET_SECONDS = env_float("BOUNCER_ISOLATION_LAG_TARGET_SECONDS", 0.005)
-BOUNCER_ISOLATION_MIN_CONCURRENT_REQUESTS = env_int("BOUNCER_ISOLATION_MIN_CONCURRENT_REQUESTS", 8)
+BOUNCER_ISOLATION_MIN_CONCURRENT_REQUESTS = env_int("BOUNCER_ISOLATION_MIN_CONCURRENT_REQUESTS", 12)
 # In-process caches of servers, realms and bouncer keys: how stale they may be. A
 # deactivation, an API key change or a key retirement takes effect everywhere within this.
 BOUNCER_CACHE_SECONDS = env_float("BOUNCER_CACHE_SECONDS", 1.0)

@@ -20,6 +20,7 @@ of one, where holding slots already counts as having been served):
 
 import asyncio
 import contextlib
+import os
 import time
 from collections import OrderedDict, deque
 
@@ -112,6 +113,45 @@ class FairGate:
             self.in_use -= 1
 
 
+class SiblingSignal:
+    """One flag shared by the web processes of one server (`manage.py serve --workers N`):
+    "a quiet tenant is being isolated here". A file's modification time, set by a process
+    that isolates, read by the others once a window: two system calls a second.
+
+    Processes of one machine share its cores. A process whose quiet tenant keeps its own turns
+    short still waits for the CPU while a sibling runs a flood's work at the looser target:
+    measured with the quiet tenant on one of two processes, its loop stayed within 1-2 ms
+    while the sibling ran 10-30 ms behind, and the quiet tenant's p99 went from 66 ms alone to
+    107 ms; with the sibling isolating too, 73 ms."""
+
+    ENV = "BOUNCER_SIBLING_SIGNAL_FILE"
+
+    def __init__(self, path: str, *, fresh_for: float = 2.0) -> None:
+        self.path = path
+        # Raised once a window (RequestGate.WINDOW) while it holds: two windows without
+        # it, and it is down, as a tenant's activity is judged over two windows.
+        self.fresh_for = fresh_for
+
+    @classmethod
+    def from_environment(cls) -> "SiblingSignal | None":
+        path = os.environ.get(cls.ENV)
+        return cls(path) if path else None
+
+    def raise_(self) -> None:
+        with contextlib.suppress(OSError):
+            try:
+                os.utime(self.path)
+            except FileNotFoundError:
+                with open(self.path, "a"):
+                    pass
+
+    def raised(self) -> bool:
+        try:
+            return time.time() - os.stat(self.path).st_mtime < self.fresh_for
+        except OSError:
+            return False
+
+
 class RequestGate:
     """Requests in progress at once, adapted to the CPU; waiters served round robin by tenant.
 
@@ -142,6 +182,7 @@ class RequestGate:
         isolation_lag_target: float | None = None,
         isolation_minimum: int | None = None,
         overdraft: int | None = None,
+        siblings: SiblingSignal | None = None,
     ) -> None:
         self.minimum = minimum
         self.maximum = maximum
@@ -163,7 +204,10 @@ class RequestGate:
         self._total_peak = 0
         self._last_total_peak = 0
         self._window_started = time.monotonic()
-        self.isolating = False  # a quiet tenant shares the process with a busy one
+        # A quiet tenant shares this process with a busy one, or a sibling process isolates
+        # one while this process has a busy tenant.
+        self.isolating = False
+        self.siblings = siblings
 
     @property
     def in_progress(self) -> int:
@@ -225,7 +269,9 @@ class RequestGate:
                 busy = True
             elif peak < self.BUSY:
                 quiet = True
-        self.isolating = busy and quiet
+        if busy and quiet and self.siblings is not None:
+            self.siblings.raise_()
+        self.isolating = busy and (quiet or (self.siblings is not None and self.siblings.raised()))
         self._last_peak, self._last_total_peak = self._peak, self._total_peak
         # Tenants with requests still in progress stay active into the next window.
         self._peak, self._total_peak = dict(self._load), self._total

@@ -1,13 +1,18 @@
 """Load shedding: a request stamped by the proxy as having waited too long gets a quick 503."""
 
+import contextlib
+import os
 import time
+from pathlib import Path
 
 import pytest
 from django.test import Client
 from pytest_django.fixtures import Settings
 
 from bouncer.overload import queued_seconds
-from tests.conftest import ZulipServer
+from delivery.fairness import SiblingSignal
+from tests.conftest import ZulipServer, wait_until
+from tests.services import WebServer
 
 STATUS = "/api/v1/remotes/server/analytics/status"
 
@@ -66,3 +71,33 @@ def test_stamps_in_seconds_milliseconds_and_microseconds_all_read_as_seconds() -
     assert queued_seconds("t=1799999998500", now=now) == pytest.approx(1.5)
     assert queued_seconds("1799999998500000", now=now) == pytest.approx(1.5)
     assert queued_seconds("t=", now=now) is None
+
+
+def _workers_environments(supervisor: int) -> list[str]:
+    """The environments of `manage.py serve`'s web processes (not its resource tracker)."""
+    found = []
+    for child in Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split():
+        with contextlib.suppress(OSError):
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(Path(f"/proc/{child}/environ").read_bytes().decode())
+    return found
+
+
+def test_the_web_processes_of_one_server_share_an_isolation_signal_it_removes_when_it_stops(
+    tmp_path: Path,
+) -> None:
+    """The flag by which one web process tells its siblings that it isolates a quiet Zulip
+    server (delivery/fairness.py SiblingSignal): a file in a directory of the supervisor's,
+    named in every worker's environment, gone with the server."""
+    web = WebServer(
+        env={**os.environ, "TMPDIR": str(tmp_path)}, log_path=tmp_path / "web.log", workers=2
+    ).start()
+    try:
+        assert web.process is not None
+        assert wait_until(lambda: len(_workers_environments(web.process.pid)) == 2, timeout=30)
+        (shared,) = tmp_path.glob("bouncer-serve-*")
+        for environment in _workers_environments(web.process.pid):
+            assert f"{SiblingSignal.ENV}={shared / 'isolating'}\0" in environment
+    finally:
+        web.stop()
+    assert not list(tmp_path.glob("bouncer-serve-*"))

@@ -1,13 +1,14 @@
 """Tenants take turns: requests and deliveries that wait are served round robin by tenant."""
 
 import asyncio
+import os
 from typing import Any
 
 import pytest
 from pytest_django.fixtures import Settings
 
 from bouncer.endpoints import gate
-from delivery.fairness import FairGate, RequestGate
+from delivery.fairness import FairGate, RequestGate, SiblingSignal
 from registrations.models import RemoteRealm
 from tests.conftest import ZulipServer, make_server
 from tests.delivery.test_notify_e2ee import apns_item, device
@@ -188,6 +189,70 @@ def test_busy_tenants_taking_turns_and_many_similar_tenants_never_isolate() -> N
         ]
 
     assert asyncio.run(run()) == [False, False, True]
+
+
+def test_a_process_isolating_a_quiet_tenant_makes_its_siblings_isolate_their_busy_ones(
+    tmp_path: Any,
+) -> None:
+    """Processes of one server share the machine's cores: a flood's turns on one process
+    delay a quiet tenant's on another, so while one isolates, a sibling with a busy tenant
+    keeps its turns short too. A sibling with no busy tenant has nothing to hold back, and
+    one that only followed never raises the signal itself (or it would never go down)."""
+    signal = SiblingSignal(str(tmp_path / "isolating"), fresh_for=3600)
+
+    async def run() -> list[tuple[bool, bool, bool, int]]:
+        def sibling() -> RequestGate:
+            gate = request_gate(
+                minimum=32,
+                maximum=100,
+                isolation_lag_target=0.005,
+                isolation_minimum=4,
+                siblings=signal,
+            )
+            gate.WINDOW = 0.0
+            return gate
+
+        quiet_here, busy_only, idle = sibling(), sibling(), sibling()
+        for _ in range(RequestGate.BUSY):
+            assert await quiet_here.enter("flood")
+            assert await busy_only.enter("flood")
+        assert await idle.enter("small")
+        seen = []
+
+        def tick() -> None:
+            for _ in range(50):
+                for process in (quiet_here, busy_only, idle):
+                    process.adapt(0.01)
+            seen.append(
+                (
+                    quiet_here.isolating,
+                    busy_only.isolating,
+                    idle.isolating,
+                    busy_only.gate.capacity,
+                )
+            )
+
+        tick()  # floods only, no signal: nobody isolates
+        assert await quiet_here.enter("quiet")
+        tick()  # a quiet tenant on one: both processes with a flood isolate
+        quiet_here.leave("quiet")
+        tick()  # gone, but the signal is still fresh: both follow it
+        os.utime(signal.path, (0, 0))  # ...and no longer
+        tick()
+        return seen
+
+    assert asyncio.run(run()) == [
+        (False, False, False, 100),
+        (True, True, False, 4),
+        (True, True, False, 4),
+        (False, False, False, 32),
+    ]
+
+
+def test_without_a_sibling_signal_file_nothing_is_shared(tmp_path: Any) -> None:
+    signal = SiblingSignal(str(tmp_path / "missing" / "isolating"))
+    signal.raise_()  # its directory is gone (the server stopped): no error, nothing raised
+    assert not signal.raised()
 
 
 def test_waiting_deliveries_are_served_one_tenant_at_a_time() -> None:

@@ -8,8 +8,10 @@ stops accepting, lets in-flight requests finish (up to GRACEFUL_SECONDS), then e
 
 import contextlib
 import os
+import shutil
 import socket
 import sys
+import tempfile
 from typing import Any, cast
 
 import uvicorn
@@ -17,6 +19,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
+
+from delivery.fairness import SiblingSignal
 
 # A Zulip server gives up on a request after 15 s; nothing in flight outlives that by much.
 GRACEFUL_SECONDS = 20
@@ -79,9 +83,16 @@ class Command(BaseCommand):
             reuse_port_socket(host, port).close()  # the address is free (or ours to share)
         except OSError as e:
             raise CommandError(f"cannot listen on {options['bind']}: {e}") from None
-        with contextlib.suppress(KeyboardInterrupt):
-            # uvicorn's supervisor: restarts a worker that dies or stops answering its pings.
-            Multiprocess(config, sockets=[cast(socket.socket, OwnListener(host, port))]).run()
+        # The workers' shared flag for isolating a quiet Zulip server (delivery/fairness.py
+        # SiblingSignal): they inherit the environment.
+        shared = tempfile.mkdtemp(prefix="bouncer-serve-")
+        os.environ[SiblingSignal.ENV] = os.path.join(shared, "isolating")
+        try:
+            with contextlib.suppress(KeyboardInterrupt):
+                # uvicorn's supervisor: restarts a worker that dies or stops answering its pings.
+                Multiprocess(config, sockets=[cast(socket.socket, OwnListener(host, port))]).run()
+        finally:
+            shutil.rmtree(shared, ignore_errors=True)
 
 
 def reuse_port_socket(host: str, port: int) -> socket.socket:
