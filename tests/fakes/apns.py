@@ -152,7 +152,7 @@ class FakeApns(H2Server):
         self._verified[token] = (key, claims)
         return key, claims
 
-    async def handle(self, request: Request) -> Response | None:
+    def handle(self, request: Request) -> Response | None:
         headers = request.headers
         token = request.path.removeprefix("/3/device/")
         if self.keep_received:

@@ -131,7 +131,7 @@ class FakeFcm(H2Server):
         with self.lock:
             return [m for m in self.messages if m.get("token") == token]
 
-    async def handle(self, request: Request) -> Response | None:
+    def handle(self, request: Request) -> Response | None:
         if request.path == "/token" and request.method == "POST":
             return self._token(request)
         if request.path.startswith("/v1/projects/") and request.path.endswith("/messages:send"):
