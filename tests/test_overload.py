@@ -94,9 +94,10 @@ def test_the_web_processes_of_one_server_share_an_isolation_signal_it_removes_wh
     ).start()
     try:
         assert web.process is not None
-        assert wait_until(lambda: len(_workers_environments(web.process.pid)) == 2, timeout=30)
+        supervisor = web.process.pid
+        assert wait_until(lambda: len(_workers_environments(supervisor)) == 2, timeout=30)
         (shared,) = tmp_path.glob("bouncer-serve-*")
-        for environment in _workers_environments(web.process.pid):
+        for environment in _workers_environments(supervisor):
             assert f"{SiblingSignal.ENV}={shared / 'isolating'}\0" in environment
     finally:
         web.stop()
