@@ -122,7 +122,8 @@ class SiblingSignal:
     short still waits for the CPU while a sibling runs a flood's work at the looser target:
     measured with the quiet tenant on one of two processes, its loop stayed within 1-2 ms
     while the sibling ran 10-30 ms behind, and the quiet tenant's p99 went from 66 ms alone to
-    107 ms; with the sibling isolating too, 73 ms."""
+    107 ms; with the sibling isolating too (both at a bound of 8), 72-76 ms (bench/README.md,
+    fourth round)."""
 
     ENV = "BOUNCER_SIBLING_SIGNAL_FILE"
 
