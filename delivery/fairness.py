@@ -23,6 +23,7 @@ import contextlib
 import os
 import time
 from collections import OrderedDict, deque
+from pathlib import Path
 
 
 class FairGate:
@@ -139,12 +140,8 @@ class SiblingSignal:
         return cls(path) if path else None
 
     def raise_(self) -> None:
-        with contextlib.suppress(OSError):
-            try:
-                os.utime(self.path)
-            except FileNotFoundError:
-                with open(self.path, "a"):
-                    pass
+        with contextlib.suppress(OSError):  # the server stopped, its directory gone: nothing
+            Path(self.path).touch()
 
     def raised(self) -> bool:
         try:

@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -192,7 +193,7 @@ def test_busy_tenants_taking_turns_and_many_similar_tenants_never_isolate() -> N
 
 
 def test_a_process_isolating_a_quiet_tenant_makes_its_siblings_isolate_their_busy_ones(
-    tmp_path: Any,
+    tmp_path: Path,
 ) -> None:
     """Processes of one server share the machine's cores: a flood's turns on one process
     delay a quiet tenant's on another, so while one isolates, a sibling with a busy tenant
@@ -249,7 +250,7 @@ def test_a_process_isolating_a_quiet_tenant_makes_its_siblings_isolate_their_bus
     ]
 
 
-def test_without_a_sibling_signal_file_nothing_is_shared(tmp_path: Any) -> None:
+def test_without_a_sibling_signal_file_nothing_is_shared(tmp_path: Path) -> None:
     signal = SiblingSignal(str(tmp_path / "missing" / "isolating"))
     signal.raise_()  # its directory is gone (the server stopped): no error, nothing raised
     assert not signal.raised()
