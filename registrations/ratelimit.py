@@ -62,16 +62,17 @@ def _redis_client(url: str) -> redis.Redis:
     )
 
 
-def _window(subject: str, seconds: int) -> tuple[str, int, float]:
-    now = time.time()
+def _window(subject: str, seconds: int, now: float) -> tuple[str, int, int]:
+    """The counter's key, the window's number and the time it ends."""
     window = int(now // seconds)
-    return f"bouncer:ratelimit:{subject}:{seconds}:{window}", window, (window + 1) * seconds - now
+    return f"bouncer:ratelimit:{subject}:{seconds}:{window}", window, (window + 1) * seconds
 
 
 def hit(subject: str, *, limit: tuple[int, int] | None = None) -> Verdict:
     """Count one request by `subject` and say whether it is within the limit."""
     max_requests, seconds = limit or settings.BOUNCER_RATE_LIMIT
-    key, window, retry_after = _window(subject, seconds)
+    now = time.time()
+    key, window, window_end = _window(subject, seconds, now)
     if not settings.REDIS_URL:
         count = _local.hit(key, window)
     else:
@@ -85,7 +86,7 @@ def hit(subject: str, *, limit: tuple[int, int] | None = None) -> Verdict:
             logger.warning("Rate limit not applied: Redis unavailable (%s)", e)
             return Verdict(allowed=True, retry_after=0)
     if count > max_requests:
-        return Verdict(allowed=False, retry_after=retry_after)
+        return Verdict(allowed=False, retry_after=window_end - now)
     return Verdict(allowed=True, retry_after=0)
 
 
@@ -171,9 +172,7 @@ async def hit_async(subject: str, *, limit: tuple[int, int] | None = None) -> Ve
         return hit(subject, limit=limit)
     max_requests, seconds = limit or settings.BOUNCER_RATE_LIMIT
     now = time.time()
-    window = int(now // seconds)
-    window_end = (window + 1) * seconds
-    key = f"bouncer:ratelimit:{subject}:{seconds}:{window}"
+    key, _, window_end = _window(subject, seconds, now)
     count = _counts(settings.REDIS_URL).hit(key, seconds=seconds, window_end=window_end)
     if count > max_requests:
         return Verdict(allowed=False, retry_after=window_end - now)

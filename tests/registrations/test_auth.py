@@ -126,9 +126,9 @@ def test_the_rate_limit_is_counted_in_redis_for_every_process(
     settings: Settings, zulip_server: ZulipServer
 ) -> None:
     settings.BOUNCER_RATE_LIMIT = (2, 60)
-    client = redis.Redis.from_url(django_settings.REDIS_URL)
+    client, pattern = _counters(zulip_server)
     zulip_server.post_form(ENDPOINT, FORM)
-    keys = client.keys(f"bouncer:ratelimit:server:{zulip_server.row.pk}:*")
+    keys = client.keys(pattern)
     assert len(keys) == 1
     assert int(client.get(keys[0]) or 0) == 1
     # Another process (here: another client with a fresh connection) shares the count.
@@ -152,6 +152,12 @@ def test_a_server_row_never_holds_its_plain_key(zulip_server: ZulipServer) -> No
 def test_analytics_status_needs_authentication() -> None:
     response = Client().get(API + "server/analytics/status")
     assert response.status_code == 401
+
+
+def _counters(server: ZulipServer) -> tuple[redis.Redis, str]:
+    """A Redis client, and the pattern of the keys that count this server's requests."""
+    client = redis.Redis.from_url(django_settings.REDIS_URL)
+    return client, f"bouncer:ratelimit:server:{server.row.pk}:*"
 
 
 def _empty_notify(server: ZulipServer) -> Any:
@@ -179,10 +185,9 @@ def test_the_notify_paths_counts_reach_redis_and_others_counts_reach_it(
     settings: Settings, zulip_server: ZulipServer
 ) -> None:
     settings.BOUNCER_RATE_LIMIT = (5, 60)
-    client = redis.Redis.from_url(django_settings.REDIS_URL)
+    client, pattern = _counters(zulip_server)
     notify = _empty_notify(zulip_server)
     assert notify().status_code == 200
-    pattern = f"bouncer:ratelimit:server:{zulip_server.row.pk}:*"
     assert wait_until(lambda: client.keys(pattern), 5)
     [key] = client.keys(pattern)
     assert wait_until(lambda: int(client.get(key) or 0) == 1, 5)
@@ -200,9 +205,8 @@ def test_the_notify_paths_counters_expire_even_after_redis_lost_them(
     settings: Settings, zulip_server: ZulipServer
 ) -> None:
     settings.BOUNCER_RATE_LIMIT = (1000, 60)
-    client = redis.Redis.from_url(django_settings.REDIS_URL)
+    client, pattern = _counters(zulip_server)
     notify = _empty_notify(zulip_server)
-    pattern = f"bouncer:ratelimit:server:{zulip_server.row.pk}:*"
 
     def counted_with_a_lifetime() -> bool:
         keys = client.keys(pattern)
