@@ -160,6 +160,10 @@ class RequestGate:
     tenant's work, so the turns must be short for it to see its latency alone. The busy
     tenant pays with throughput, and only then. Otherwise (a flood alone, a few busy tenants
     taking turns, many tenants of similar size) the bound keeps the loop within `lag_target`.
+
+    Which applies is decided at the end of each window, and also the moment a tenant becomes
+    busy beside one known to be quiet from the last window: then the bound is held at the
+    requests in progress, and the rest of the burst waits instead of entering in one turn.
     """
 
     # A tenant with this many requests in progress or waiting at once is not a quiet one.
@@ -168,6 +172,8 @@ class RequestGate:
     BUSY_SHARE = 0.25
     # Activity is judged over two windows of this many seconds (the last and the current).
     WINDOW = 1.0
+    # Between two decisions on isolation taken outside the window's end.
+    RECONSIDER = 0.1
 
     def __init__(
         self,
@@ -206,6 +212,12 @@ class RequestGate:
         # one while this process has a busy tenant.
         self.isolating = False
         self.siblings = siblings
+        # Tenants with BUSY or more requests now: while there are any and the process does
+        # not isolate, whether it should is asked again, at most every RECONSIDER seconds.
+        self._busy: set[str] = set()
+        self._reconsidered = -self.RECONSIDER
+        # Tenants holding an overdraft slot: one each, given back when their load is zero.
+        self._overdrawn: set[str] = set()
 
     @property
     def in_progress(self) -> int:
@@ -221,14 +233,25 @@ class RequestGate:
         if self._total > self._total_peak:
             self._total_peak = self._total
         gate = self.gate
-        if gate.try_acquire(tenant):
+        acquired = gate.try_acquire(tenant)
+        if load == self.BUSY:
+            self._busy.add(tenant)
+            if not self.isolating:
+                # A flood's first burst arrives within one turn of the loop: decided at the
+                # next window's end, it was all admitted at once and the loop fell 100 ms
+                # behind, the quiet tenant's worst figures of a whole run (bench/README.md).
+                self._reconsider(time.monotonic())
+        if acquired:
             return True
-        if load == 1 and gate.in_use - gate.capacity < self.overdraft:
+        if load == 1 and len(self._overdrawn) < self.overdraft:
             # The tenant's only request: it waits behind nobody, even when the others fill
             # the bound. Waiting for a slot to free is waiting for one of their requests to
             # end (an upstream's round trip): the quiet tenant's latency doubled under a
-            # flood. Bounded, so that many tenants at once still queue.
+            # flood. Bounded, so that many tenants at once still queue; counted apart from
+            # the bound, so that a bound shrinking below the requests in progress (a flood
+            # just met) does not hold it back either.
             gate.overdraw(tenant)
+            self._overdrawn.add(tenant)
             return True
         if gate.waiting_for(tenant) >= self.max_waiting_per_tenant:
             self._unload(tenant)
@@ -255,21 +278,47 @@ class RequestGate:
             self._load[tenant] = load
         else:
             self._load.pop(tenant, None)
+            self._overdrawn.discard(tenant)
+        if load == self.BUSY - 1:
+            self._busy.discard(tenant)
 
-    def _classify(self, now: float) -> None:
-        if now - self._window_started < self.WINDOW:
-            return
+    def _decide(self, *, window_ended: bool) -> None:
+        """Isolate or not, from the tenants' peaks over the last two windows. Before the
+        current window has ended, only a tenant already quiet in the last one counts as
+        quiet: tenants arriving together (many similar ones ramping up) are not told apart
+        until their window ends."""
         busy_from = max(self.BUSY, self.BUSY_SHARE * max(self._total_peak, self._last_total_peak))
         busy = quiet = False
-        for tenant in self._peak.keys() | self._last_peak.keys():
-            peak = max(self._peak.get(tenant, 0), self._last_peak.get(tenant, 0))
+        last_peak = self._last_peak
+        for tenant in self._peak.keys() | last_peak.keys():
+            peak = max(self._peak.get(tenant, 0), last_peak.get(tenant, 0))
             if peak >= busy_from:
                 busy = True
-            elif peak < self.BUSY:
+            elif peak < self.BUSY and (window_ended or tenant in last_peak):
                 quiet = True
         if busy and quiet and self.siblings is not None:
             self.siblings.raise_()
-        self.isolating = busy and (quiet or (self.siblings is not None and self.siblings.raised()))
+        isolating = busy and (quiet or (self.siblings is not None and self.siblings.raised()))
+        if isolating and not self.isolating:
+            # Held where it is: no more of the flood is admitted until the loop is seen to
+            # keep within the stricter target; it shrinks from there while it does not.
+            gate = self.gate
+            gate.resize(min(gate.capacity, max(self.isolation_minimum, gate.in_use)))
+        self.isolating = isolating
+
+    def _reconsider(self, now: float) -> None:
+        if now - self._reconsidered >= self.RECONSIDER:
+            self._reconsidered = now
+            self._decide(window_ended=False)
+
+    def _classify(self, now: float) -> None:
+        if now - self._window_started < self.WINDOW:
+            if self._busy and not self.isolating:
+                # A flood growing here beside a tenant known to be quiet, or a sibling that
+                # has started to isolate.
+                self._reconsider(now)
+            return
+        self._decide(window_ended=True)
         self._last_peak, self._last_total_peak = self._peak, self._total_peak
         # Tenants with requests still in progress stay active into the next window.
         self._peak, self._total_peak = dict(self._load), self._total

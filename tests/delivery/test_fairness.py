@@ -171,6 +171,53 @@ def test_a_quiet_tenant_beside_a_busy_one_makes_the_bound_follow_the_stricter_ta
     assert asyncio.run(run()) == [(False, 100), (True, 4), (False, 32)]
 
 
+def test_a_flood_beside_a_tenant_known_to_be_quiet_is_held_as_it_arrives() -> None:
+    """A flood's first burst arrives within one turn of the loop: the bound is held the
+    moment a tenant becomes busy beside one already known to be quiet, not at the end of
+    the window (here, never)."""
+
+    async def run() -> None:
+        gate = request_gate(
+            minimum=32, maximum=100, isolation_lag_target=0.005, isolation_minimum=4
+        )
+        gate.WINDOW = 0.0
+        assert await gate.enter("quiet")
+        gate.leave("quiet")
+        gate.adapt(0.0)  # a window ends: the quiet tenant is known
+        gate.WINDOW = 3600.0
+        for _ in range(RequestGate.BUSY):
+            assert await gate.enter("flood")
+        assert gate.isolating
+        assert gate.gate.capacity == RequestGate.BUSY
+        # The rest of the burst waits; the quiet tenant's next request does not.
+        rest = asyncio.create_task(gate.enter("flood"))
+        await asyncio.sleep(0)
+        assert not rest.done()
+        assert await gate.enter("quiet")
+        rest.cancel()
+
+    asyncio.run(run())
+
+
+def test_a_quiet_tenants_only_request_goes_in_while_the_bound_shrinks_below_the_flood() -> None:
+    async def run() -> None:
+        gate = request_gate(minimum=2, maximum=10, overdraft=1)
+        for _ in range(10):
+            assert await gate.enter("flood")
+        for _ in range(30):
+            gate.adapt(0.5)  # far behind: the bound falls to 2 with 10 still in progress
+        assert (gate.gate.capacity, gate.in_progress) == (2, 10)
+        assert await gate.enter("quiet")
+        second = asyncio.create_task(gate.enter("other quiet"))  # beyond the overdraft
+        await asyncio.sleep(0)
+        assert not second.done()
+        gate.leave("quiet")  # its overdraft slot is free again once it has nothing left
+        assert await gate.enter("third quiet")
+        second.cancel()
+
+    asyncio.run(run())
+
+
 def test_busy_tenants_taking_turns_and_many_similar_tenants_never_isolate() -> None:
     async def isolating(loads: dict[str, int]) -> bool:
         gate = request_gate(minimum=1, maximum=1000, isolation_lag_target=0.001)
@@ -248,6 +295,26 @@ def test_a_process_isolating_a_quiet_tenant_makes_its_siblings_isolate_their_bus
         (True, True, False, 4),
         (False, False, False, 32),
     ]
+
+
+def test_a_process_with_a_flood_follows_its_sibling_within_the_window(tmp_path: Path) -> None:
+    signal = SiblingSignal(str(tmp_path / "isolating"), fresh_for=3600)
+
+    async def run() -> list[bool]:
+        gate = request_gate(maximum=100, isolation_minimum=4, siblings=signal)
+        gate.WINDOW = 3600.0  # no window ends in this test
+        gate.RECONSIDER = 0.0
+        for _ in range(RequestGate.BUSY):
+            assert await gate.enter("flood")
+        seen = [gate.isolating]
+        gate.adapt(0.0)
+        seen.append(gate.isolating)
+        signal.raise_()  # another process isolates a quiet tenant
+        gate.adapt(0.0)
+        seen.append(gate.isolating)
+        return seen
+
+    assert asyncio.run(run()) == [False, False, True]
 
 
 def test_without_a_sibling_signal_file_nothing_is_shared(tmp_path: Path) -> None:
