@@ -97,15 +97,19 @@ async def drive(
     rate: float | None = None,
     seconds: float,
     stamp: bool = False,
+    count_from: float | None = None,
 ) -> tuple[int, list[float], Counter[str], float]:
     """Closed loop (`concurrency` clients) or open loop (`rate` requests per second).
 
     `stamp`: each request carries `X-Request-Start` with the time it was sent, as nginx adds
     it in front of the bouncer (deploy/nginx/bouncer.conf), so that load shedding can work.
+    `count_from` (a `time.time()`): requests are sent from now, but only those sent from
+    then on are counted, for `seconds`.
     """
     latencies: list[float] = []
     errors: Counter[str] = Counter()
     done = 0
+    lead = 0.0 if count_from is None else max(0.0, count_from - time.time())
     base = f"{s.web_url}/api/v1/remotes/"
     # One client (one keep-alive connection) per request in flight, reused: httpcore's pool
     # checks every idle connection's socket on each request, so one shared pool of N
@@ -128,6 +132,7 @@ async def drive(
                     httpx.AsyncClient(limits=one_connection, timeout=15, verify=no_tls)
                 )
             started = time.perf_counter()
+            counted = started >= count_at
             if path.startswith("http"):  # another server than the bouncer (a peer)
                 url = path
             else:
@@ -138,10 +143,13 @@ async def drive(
                     method, url, auth=auth, json=body, data=form, headers=headers
                 )
             except httpx.HTTPError as e:
-                errors[type(e).__name__] += 1
+                if counted:
+                    errors[type(e).__name__] += 1
                 return
             finally:
                 idle.append(client)
+            if not counted:
+                return
             latencies.append(time.perf_counter() - started)
             done += 1
             if response.status_code != 200:
@@ -152,7 +160,8 @@ async def drive(
                 errors["200 rejected"] += 1
 
         started = time.perf_counter()
-        deadline = started + seconds
+        count_at = started + lead
+        deadline = count_at + seconds
         if rate is not None:
             tasks = []
             n = 0
@@ -171,7 +180,7 @@ async def drive(
                     await one(next(requests))
 
             await asyncio.gather(*(client_loop() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
+        elapsed = time.perf_counter() - count_at
     return done, latencies, errors, elapsed
 
 
@@ -1046,6 +1055,7 @@ def _drive_quiet(
     quiet: Iterator[Request],
     cpus: set[int] | None,
     nice: int,
+    count_from: float,
     seconds: float,
     results: "multiprocessing.Queue[Any]",
 ) -> None:
@@ -1054,7 +1064,24 @@ def _drive_quiet(
     if nice:
         with contextlib.suppress(OSError):  # not allowed: the figures say so (the note)
             os.setpriority(os.PRIO_PROCESS, 0, nice)
-    _drive_share(s, quiet, 0, 1, None, QUIET_RATE, seconds, True, results)
+    results.put(
+        asyncio.run(
+            drive(
+                s,
+                quiet,
+                concurrency=None,
+                rate=QUIET_RATE,
+                seconds=seconds,
+                stamp=True,
+                count_from=count_from,
+            )
+        )
+    )
+
+
+# The quiet server sends this long before each phase is measured (and the flood starts): a
+# quiet server is already there, its connection open, when a flood begins.
+QUIET_LEAD_SECONDS = 3.0
 
 
 def neighbours_phase(
@@ -1069,17 +1096,20 @@ def neighbours_phase(
     quiet_nice: int = 0,
 ) -> Phase:
     """The quiet server's open loop in a process of its own (its send times do not wait on
-    the flood's client), beside the flood's closed loop when there is one."""
+    the flood's client), beside the flood's closed loop when there is one. The quiet server
+    starts QUIET_LEAD_SECONDS before the phase; the flood starts with it."""
     time.sleep(0.5)
-    delivered_before = s.delivered()
-    meter = CpuMeter(s, groups)
     context = multiprocessing.get_context("fork")
     results: multiprocessing.Queue[Any] = context.Queue()
+    count_from = time.time() + QUIET_LEAD_SECONDS
     child = context.Process(
         target=_drive_quiet,
-        args=(s, quiet, quiet_cpus, quiet_nice, seconds, results),
+        args=(s, quiet, quiet_cpus, quiet_nice, count_from, seconds, results),
     )
     child.start()
+    time.sleep(max(0.0, count_from - time.time()))
+    delivered_before = s.delivered()
+    meter = CpuMeter(s, groups)
     flood_result: tuple[int, list[float], Counter[str], float] = (0, [], Counter(), seconds)
     if flood_concurrency:
         flood_result = drive_from_processes(
@@ -1206,8 +1236,10 @@ def run_neighbours(args: argparse.Namespace, out: list[str]) -> None:
     out.append(
         f"`{' '.join(['bench/run.py', *sys.argv[1:]])}`: the quiet server sends "
         f"{QUIET_RATE:g} E2EE notifies a second to one APNs device each, on schedule (open "
-        f"loop); {FLOOD_SERVERS} other servers send {FLOOD_DEVICES}-APNs-device notifies in a "
-        f"closed loop; {args.neighbours_seconds:g} s per phase; every request stamped "
+        f"loop), from {QUIET_LEAD_SECONDS:g} s before each phase (not counted); from the "
+        f"phase's start, {FLOOD_SERVERS} other servers send {FLOOD_DEVICES}-APNs-device "
+        "notifies in a closed loop; "
+        f"{args.neighbours_seconds:g} s per phase; every request stamped "
         "`X-Request-Start` as nginx stamps it; the client gives up after 15 s. Flood "
         "notifications counted at the fake APNs, less the quiet server's. Server CPU per "
         "notification delivered (both senders'): the bouncer's web, workers, PostgreSQL and "
