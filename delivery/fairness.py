@@ -117,7 +117,8 @@ class FairGate:
 class SiblingSignal:
     """One flag shared by the web processes of one server (`manage.py serve --workers N`):
     "a quiet tenant is being isolated here". A file's modification time, set by a process
-    that isolates, read by the others once a window: two system calls a second.
+    that isolates (once a window), read by the others once a window and, while they have a
+    busy tenant they do not isolate, every RequestGate.RECONSIDER seconds.
 
     Processes of one machine share its cores. A process whose quiet tenant keeps its own turns
     short still waits for the CPU while a sibling runs a flood's work at the looser target:
@@ -216,7 +217,9 @@ class RequestGate:
         # not isolate, whether it should is asked again, at most every RECONSIDER seconds.
         self._busy: set[str] = set()
         self._reconsidered = -self.RECONSIDER
-        # Tenants holding an overdraft slot: one each, given back when their load is zero.
+        # Tenants whose only request went past the bound: one each, given back with that
+        # tenant's next request to leave (another of its requests, if it sent more meanwhile:
+        # a busy tenant never keeps one).
         self._overdrawn: set[str] = set()
 
     @property
@@ -268,6 +271,7 @@ class RequestGate:
         return True
 
     def leave(self, tenant: str) -> None:
+        self._overdrawn.discard(tenant)
         self._unload(tenant)
         self.gate.release()
 
@@ -278,7 +282,6 @@ class RequestGate:
             self._load[tenant] = load
         else:
             self._load.pop(tenant, None)
-            self._overdrawn.discard(tenant)
         if load == self.BUSY - 1:
             self._busy.discard(tenant)
 

@@ -218,6 +218,25 @@ def test_a_quiet_tenants_only_request_goes_in_while_the_bound_shrinks_below_the_
     asyncio.run(run())
 
 
+def test_a_tenant_sending_more_gives_its_overdraft_back_with_its_next_request_to_leave() -> None:
+    async def run() -> None:
+        gate = request_gate(maximum=1, overdraft=1)
+        assert await gate.enter("flood")
+        assert await gate.enter("growing")  # its only request: past the bound
+        more = asyncio.create_task(gate.enter("growing"))
+        other = asyncio.create_task(gate.enter("quiet"))  # the one overdraft is taken
+        await asyncio.sleep(0)
+        assert not more.done()
+        assert not other.done()
+        gate.leave("growing")
+        # "growing" still has a request waiting, but no longer holds the overdraft.
+        assert await gate.enter("late quiet")
+        for task in (more, other):
+            task.cancel()
+
+    asyncio.run(run())
+
+
 def test_busy_tenants_taking_turns_and_many_similar_tenants_never_isolate() -> None:
     async def isolating(loads: dict[str, int]) -> bool:
         gate = request_gate(minimum=1, maximum=1000, isolation_lag_target=0.001)
