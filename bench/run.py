@@ -1080,7 +1080,8 @@ def _drive_quiet(
 
 
 # The quiet server sends this long before each phase is measured (and the flood starts): a
-# quiet server is already there, its connection open, when a flood begins.
+# quiet server is already there, its connection open, when a flood begins. With 0 it starts
+# with the flood: a server nobody has seen, connecting in the flood's first burst.
 QUIET_LEAD_SECONDS = 3.0
 
 
@@ -1094,14 +1095,15 @@ def neighbours_phase(
     groups: dict[str, list[str]],
     quiet_cpus: set[int] | None = None,
     quiet_nice: int = 0,
+    quiet_lead: float = QUIET_LEAD_SECONDS,
 ) -> Phase:
     """The quiet server's open loop in a process of its own (its send times do not wait on
     the flood's client), beside the flood's closed loop when there is one. The quiet server
-    starts QUIET_LEAD_SECONDS before the phase; the flood starts with it."""
+    starts `quiet_lead` seconds before the phase; the flood starts with it."""
     time.sleep(0.5)
     context = multiprocessing.get_context("fork")
     results: multiprocessing.Queue[Any] = context.Queue()
-    count_from = time.time() + QUIET_LEAD_SECONDS
+    count_from = time.time() + quiet_lead
     child = context.Process(
         target=_drive_quiet,
         args=(s, quiet, quiet_cpus, quiet_nice, count_from, seconds, results),
@@ -1236,7 +1238,7 @@ def run_neighbours(args: argparse.Namespace, out: list[str]) -> None:
     out.append(
         f"`{' '.join(['bench/run.py', *sys.argv[1:]])}`: the quiet server sends "
         f"{QUIET_RATE:g} E2EE notifies a second to one APNs device each, on schedule (open "
-        f"loop), from {QUIET_LEAD_SECONDS:g} s before each phase (not counted); from the "
+        f"loop), from {args.neighbours_lead:g} s before each phase (not counted); from the "
         f"phase's start, {FLOOD_SERVERS} other servers send {FLOOD_DEVICES}-APNs-device "
         "notifies in a closed loop; "
         f"{args.neighbours_seconds:g} s per phase; every request stamped "
@@ -1307,6 +1309,7 @@ def run_neighbours(args: argparse.Namespace, out: list[str]) -> None:
                         PEER_GROUPS,
                         quiet_cpus=server_cpus if args.pin else None,
                         quiet_nice=FIRST_NICE if args.fakes_first else 0,
+                        quiet_lead=args.neighbours_lead,
                     )
                     measured.setdefault((side, label), []).append(phase)
                     print(
@@ -1399,6 +1402,12 @@ def main() -> None:
         "against Sygnal too)",
     )
     parser.add_argument("--neighbours-seconds", type=float, default=30)
+    parser.add_argument(
+        "--neighbours-lead",
+        type=float,
+        default=QUIET_LEAD_SECONDS,
+        help="seconds the quiet server sends before each phase, not counted",
+    )
     parser.add_argument(
         "--neighbours-flood",
         type=int,

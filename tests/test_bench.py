@@ -84,6 +84,8 @@ def test_neighbours_runs_and_a_missing_peer_is_skipped() -> None:
             "--neighbours",
             "--neighbours-seconds",
             "1",
+            "--neighbours-lead",
+            "0.5",
             "--neighbours-flood",
             "4",
             "--runs",
