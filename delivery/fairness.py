@@ -7,7 +7,7 @@ of one, where holding slots already counts as having been served):
 - `RequestGate` decides when a request is worked on. It lets a bounded number of requests be
   in progress at once, and adapts that bound to the CPU (`adapt`): it shrinks while the event
   loop falls behind and grows back while requests wait and the loop keeps up. A tenant's
-  only request is admitted at once, beyond the bound if need be (up to `overdraft` slots);
+  only request is admitted at once, beyond the bound if need be (`overdraft` tenants at once);
   a request beyond the bound otherwise waits for its tenant's turn, so a quiet tenant's
   request is next whatever another tenant has queued; a tenant alone may use the whole
   process. A request that would
