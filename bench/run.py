@@ -109,7 +109,6 @@ async def drive(
     latencies: list[float] = []
     errors: Counter[str] = Counter()
     done = 0
-    lead = 0.0 if count_from is None else max(0.0, count_from - time.time())
     base = f"{s.web_url}/api/v1/remotes/"
     # One client (one keep-alive connection) per request in flight, reused: httpcore's pool
     # checks every idle connection's socket on each request, so one shared pool of N
@@ -160,7 +159,7 @@ async def drive(
                 errors["200 rejected"] += 1
 
         started = time.perf_counter()
-        count_at = started + lead
+        count_at = started + (0.0 if count_from is None else max(0.0, count_from - time.time()))
         deadline = count_at + seconds
         if rate is not None:
             tasks = []

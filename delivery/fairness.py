@@ -287,17 +287,19 @@ class RequestGate:
 
     def _decide(self, *, window_ended: bool) -> None:
         """Isolate or not, from the tenants' peaks over the last two windows. Before the
-        current window has ended, only a tenant already quiet in the last one counts as
-        quiet: tenants arriving together (many similar ones ramping up) are not told apart
-        until their window ends."""
+        current window has ended, only a tenant clearly quiet (under half of BUSY) and
+        already there in the last one counts as quiet: tenants arriving or growing together
+        (many similar ones ramping up, a few busy ones taking turns) are not told apart until
+        their window ends."""
         busy_from = max(self.BUSY, self.BUSY_SHARE * max(self._total_peak, self._last_total_peak))
+        quiet_below = self.BUSY if window_ended else self.BUSY // 2
         busy = quiet = False
         last_peak = self._last_peak
         for tenant in self._peak.keys() | last_peak.keys():
             peak = max(self._peak.get(tenant, 0), last_peak.get(tenant, 0))
             if peak >= busy_from:
                 busy = True
-            elif peak < self.BUSY and (window_ended or tenant in last_peak):
+            elif peak < quiet_below and (window_ended or tenant in last_peak):
                 quiet = True
         if busy and quiet and self.siblings is not None:
             self.siblings.raise_()
@@ -306,7 +308,8 @@ class RequestGate:
             # Held where it is: no more of the flood is admitted until the loop is seen to
             # keep within the stricter target; it shrinks from there while it does not.
             gate = self.gate
-            gate.resize(min(gate.capacity, max(self.isolation_minimum, gate.in_use)))
+            held = gate.in_use - len(self._overdrawn)  # the overdrawn are beyond any bound
+            gate.resize(min(gate.capacity, max(self.isolation_minimum, held)))
         self.isolating = isolating
 
     def _reconsider(self, now: float) -> None:

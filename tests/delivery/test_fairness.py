@@ -199,9 +199,29 @@ def test_a_flood_beside_a_tenant_known_to_be_quiet_is_held_as_it_arrives() -> No
     asyncio.run(run())
 
 
+def test_tenants_growing_together_are_not_told_apart_before_their_window_ends() -> None:
+    """Two tenants at 5 each, then one at 8 and the other at 6: the second may be growing
+    too. Only a tenant clearly quiet in the last window is judged before this one ends."""
+
+    async def run() -> tuple[bool, int]:
+        gate = request_gate(maximum=100, isolation_minimum=4)
+        gate.WINDOW = 0.0
+        for tenant in ("a", "b"):
+            for _ in range(5):
+                assert await gate.enter(tenant)
+        gate.adapt(0.0)  # a window ends with both at 5
+        gate.WINDOW = 3600.0
+        for _ in range(3):
+            assert await gate.enter("a")
+        assert await gate.enter("b")
+        return gate.isolating, gate.gate.capacity
+
+    assert asyncio.run(run()) == (False, 100)
+
+
 def test_a_quiet_tenants_only_request_goes_in_while_the_bound_shrinks_below_the_flood() -> None:
     async def run() -> None:
-        gate = request_gate(minimum=2, maximum=10, overdraft=1)
+        gate = request_gate(minimum=2, maximum=10, overdraft=1, max_wait=0.5)
         for _ in range(10):
             assert await gate.enter("flood")
         for _ in range(30):
@@ -211,7 +231,7 @@ def test_a_quiet_tenants_only_request_goes_in_while_the_bound_shrinks_below_the_
         second = asyncio.create_task(gate.enter("other quiet"))  # beyond the overdraft
         await asyncio.sleep(0)
         assert not second.done()
-        gate.leave("quiet")  # its overdraft slot is free again once it has nothing left
+        gate.leave("quiet")  # its overdraft is given back as it leaves
         assert await gate.enter("third quiet")
         second.cancel()
 
