@@ -200,13 +200,22 @@ def _drive_share(
     seconds: float,
     stamp: bool,
     results: "multiprocessing.Queue[Any]",
+    count_from: float | None = None,
 ) -> None:
     # Every process forked the same request stream; each takes every shares-th request, so
     # no two send the same one (a sealed registration stays a new device).
     mine = itertools.islice(requests, share, None, shares)
     results.put(
         asyncio.run(
-            drive(s, mine, concurrency=concurrency, rate=rate, seconds=seconds, stamp=stamp)
+            drive(
+                s,
+                mine,
+                concurrency=concurrency,
+                rate=rate,
+                seconds=seconds,
+                stamp=stamp,
+                count_from=count_from,
+            )
         )
     )
 
@@ -1063,19 +1072,7 @@ def _drive_quiet(
     if nice:
         with contextlib.suppress(OSError):  # not allowed: the figures say so (the note)
             os.setpriority(os.PRIO_PROCESS, 0, nice)
-    results.put(
-        asyncio.run(
-            drive(
-                s,
-                quiet,
-                concurrency=None,
-                rate=QUIET_RATE,
-                seconds=seconds,
-                stamp=True,
-                count_from=count_from,
-            )
-        )
-    )
+    _drive_share(s, quiet, 0, 1, None, QUIET_RATE, seconds, True, results, count_from)
 
 
 # The quiet server sends this long before each phase is measured (and the flood starts): a
