@@ -7,7 +7,8 @@ of one, where holding slots already counts as having been served):
 - `RequestGate` decides when a request is worked on. It lets a bounded number of requests be
   in progress at once, and adapts that bound to the CPU (`adapt`): it shrinks while the event
   loop falls behind and grows back while requests wait and the loop keeps up. A tenant's
-  only request is admitted at once, beyond the bound if need be (`overdraft` tenants at once);
+  only request is admitted at once, beyond the bound if need be (`overdraft` tenants at once;
+  one given back goes first to a tenant whose only request waits for it);
   a request beyond the bound otherwise waits for its tenant's turn, so a quiet tenant's
   request is next whatever another tenant has queued; a tenant alone may use the whole
   process. A request that would
@@ -48,6 +49,13 @@ class FairGate:
     def waiting(self) -> int:
         return sum(len(q) for q in self._waiting.values())
 
+    def waiting_tenants(self) -> list[str]:
+        return list(self._waiting)
+
+    def last_turn(self, tenant: str) -> int:
+        """When the tenant last got a slot (0: never): the lower, the sooner its turn."""
+        return self._last_turn.get(tenant, 0)
+
     def waiting_for(self, tenant: str) -> int:
         queue = self._waiting.get(tenant)
         return len(queue) if queue else 0
@@ -56,6 +64,20 @@ class FairGate:
         """A slot beyond the bound, now; it goes when released (in_use above capacity)."""
         self.in_use += 1
         self._took_turn(tenant)
+
+    def hand_over(self, tenant: str) -> bool:
+        """A slot being released goes to this tenant's first waiter (in_use unchanged);
+        False if it has none waiting."""
+        queue = self._waiting.get(tenant)
+        while queue:
+            future = queue.popleft()
+            if not queue:
+                del self._waiting[tenant]
+            if not future.done():
+                future.set_result(None)
+                self._took_turn(tenant)
+                return True
+        return False
 
     def try_acquire(self, tenant: str) -> bool:
         """A slot now if one is free and nobody waits for it."""
@@ -94,7 +116,7 @@ class FairGate:
     def _grant_next(self) -> bool:
         """Wake the first waiter of the tenant served least recently; False if none waits."""
         while self._waiting:
-            tenant = min(self._waiting, key=lambda t: self._last_turn.get(t, 0))
+            tenant = min(self._waiting, key=self.last_turn)
             queue = self._waiting[tenant]
             future = queue.popleft()
             if not queue:
@@ -271,8 +293,16 @@ class RequestGate:
         return True
 
     def leave(self, tenant: str) -> None:
-        self._overdrawn.discard(tenant)
         self._unload(tenant)
+        if tenant in self._overdrawn:
+            self._overdrawn.discard(tenant)
+            # A tenant whose only request came while every overdraft was taken waits in the
+            # queue: the overdraft freed is its, before a tenant arriving later takes it.
+            alone = [t for t in self.gate.waiting_tenants() if self._load.get(t) == 1]
+            for waiting in sorted(alone, key=self.gate.last_turn):
+                if self.gate.hand_over(waiting):
+                    self._overdrawn.add(waiting)
+                    return
         self.gate.release()
 
     def _unload(self, tenant: str) -> None:

@@ -108,12 +108,16 @@ def test_a_tenants_only_request_is_admitted_at_once_beyond_the_bound() -> None:
         await asyncio.sleep(0)
         assert not third.done()
         assert not second.done()
-        # Overdrawn slots go as they are released: three leave, and only then is there room.
+        # An overdraft given back goes to a tenant whose only request waits ("quiet"'s
+        # second is its only one once its first has left); the flood's slot, released
+        # above the bound, goes.
         for tenant in ("quiet", "other quiet", "flood"):
             gate.leave(tenant)
         await asyncio.sleep(0)
-        assert sum(task.done() for task in [third, second, *flood]) == 1
-        assert gate.in_progress == 1
+        assert third.done()
+        assert second.done()
+        assert not any(task.done() for task in flood)
+        assert gate.in_progress == 2
         for task in [third, second, *flood]:
             task.cancel()
 
@@ -231,9 +235,13 @@ def test_a_quiet_tenants_only_request_goes_in_while_the_bound_shrinks_below_the_
         second = asyncio.create_task(gate.enter("other quiet"))  # beyond the overdraft
         await asyncio.sleep(0)
         assert not second.done()
-        gate.leave("quiet")  # its overdraft is given back as it leaves
-        assert await gate.enter("third quiet")
-        second.cancel()
+        gate.leave("quiet")  # its overdraft goes to the tenant whose only request waits
+        assert await second
+        third = asyncio.create_task(gate.enter("third quiet"))
+        await asyncio.sleep(0)
+        assert not third.done()
+        gate.leave("other quiet")
+        assert await third
 
     asyncio.run(run())
 
@@ -249,9 +257,35 @@ def test_a_tenant_sending_more_gives_its_overdraft_back_with_its_next_request_to
         assert not more.done()
         assert not other.done()
         gate.leave("growing")
-        # "growing" still has a request waiting, but no longer holds the overdraft.
-        assert await gate.enter("late quiet")
-        for task in (more, other):
+        # "growing" still has a request waiting, but no longer holds the overdraft: it goes
+        # to the tenant served least recently among those whose only request waits.
+        assert await other
+        assert not more.done()
+        assert gate._overdrawn == {"quiet"}
+        more.cancel()
+
+    asyncio.run(run())
+
+
+def test_an_overdraft_given_back_goes_to_a_quiet_tenant_already_waiting_not_a_later_one() -> None:
+    async def run() -> None:
+        gate = request_gate(maximum=2, overdraft=1)
+        for _ in range(2):
+            assert await gate.enter("flood")
+        flood = asyncio.create_task(gate.enter("flood"))
+        assert await gate.enter("first quiet")  # the one overdraft
+        waiting = asyncio.create_task(gate.enter("second quiet"))
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        gate.leave("first quiet")
+        # At once, while the flood still fills the bound, and before a tenant arriving now.
+        assert await waiting
+        late = asyncio.create_task(gate.enter("late quiet"))
+        await asyncio.sleep(0)
+        assert not late.done()
+        assert not flood.done()
+        assert gate.in_progress == 3
+        for task in (late, flood):
             task.cancel()
 
     asyncio.run(run())
