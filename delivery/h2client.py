@@ -234,8 +234,7 @@ class _Connection(asyncio.Protocol):
     def _flush(self) -> None:
         """What h2 has framed goes out once this turn of the loop is over: the frames of
         every request started in one turn (a notify's devices, the requests admitted as
-        answers arrive) leave in one TLS write, one system call, instead of one each. Those
-        writes were a fifth of the web process's time under a flood (bench/README.md)."""
+        answers arrive) leave in one TLS write, one system call, instead of one each."""
         if not self._flush_due and self._loop is not None:
             self._flush_due = True
             self._loop.call_soon(self._write)
