@@ -66,8 +66,8 @@ class FairGate:
         self._took_turn(tenant)
 
     def hand_over(self, tenant: str) -> bool:
-        """A slot being released goes to this tenant's first waiter (in_use unchanged);
-        False if it has none waiting."""
+        """Wake this tenant's first waiter (the caller accounts for its slot); False if it
+        has none waiting."""
         queue = self._waiting.get(tenant)
         while queue:
             future = queue.popleft()
@@ -116,14 +116,7 @@ class FairGate:
     def _grant_next(self) -> bool:
         """Wake the first waiter of the tenant served least recently; False if none waits."""
         while self._waiting:
-            tenant = min(self._waiting, key=self.last_turn)
-            queue = self._waiting[tenant]
-            future = queue.popleft()
-            if not queue:
-                del self._waiting[tenant]
-            if not future.done():
-                future.set_result(None)
-                self._took_turn(tenant)
+            if self.hand_over(min(self._waiting, key=self.last_turn)):
                 return True
         return False
 
